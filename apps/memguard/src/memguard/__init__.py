@@ -1,0 +1,1 @@
+"""memguard: audit generators for memorization and generate with mitigation."""

@@ -1,0 +1,1 @@
+"""difflab core runtime."""
