@@ -7,8 +7,9 @@ progress display and the loss log.
 
 Layout of ``output_dir``::
 
-    checkpoints/step-00000500/   # accelerate state (safetensors weights, optimizer, scheduler,
-                                 # RNG states, EMA, data position); COMPLETE is written last
+    checkpoints/step-00000500/   # accelerate state (safetensors weights, optimizer, RNG states),
+                                 # trainer_state.json (position, schedule), ema.safetensors;
+                                 # COMPLETE is written last. Nothing is loaded with pickle.
     train_log.jsonl              # one JSON record per logged step: step, loss, lr, epoch, time_s
     model.safetensors            # final weights
     model_ema.safetensors        # final EMA weights (when ``ema_decay`` is set)
@@ -48,7 +49,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -74,6 +75,8 @@ LossFn = Callable[[nn.Module, Any, int], Tensor]
 """``loss_fn(model, batch, step) -> scalar Tensor``; ``step`` counts optimizer steps from 1."""
 
 CHECKPOINT_DIR = "checkpoints"
+TRAINER_STATE_FILE = "trainer_state.json"
+EMA_STATE_FILE = "ema.safetensors"
 COMPLETE_MARKER = "COMPLETE"
 LOG_FILE = "train_log.jsonl"
 MODEL_FILE = "model.safetensors"
@@ -202,7 +205,9 @@ class EMA:
         params = dict(model.named_parameters())
         missing = [name for name in self.shadow if name not in params]
         if missing:
-            raise DifflabError(f"model lacks EMA parameters {missing[:5]}; pass the model the EMA was built from")
+            raise DifflabError(
+                f"model lacks EMA parameters {missing[:5]}; pass the model the EMA was built from"
+            )
         for name, shadow in self.shadow.items():
             yield shadow, params[name]
 
@@ -251,7 +256,9 @@ class EMA:
         if set(shadow) != set(self.shadow):
             missing = sorted(set(self.shadow) - set(shadow))[:5]
             unexpected = sorted(set(shadow) - set(self.shadow))[:5]
-            raise DifflabError(f"EMA state does not match the model: missing {missing}, unexpected {unexpected}")
+            raise DifflabError(
+                f"EMA state does not match the model: missing {missing}, unexpected {unexpected}"
+            )
         self.decay = float(state["decay"])
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
@@ -362,7 +369,9 @@ def _epoch_aware_sampler(loader: DataLoader) -> Any:
 
 
 def _rng_states() -> tuple[Any, ...]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
 
 
@@ -417,7 +426,7 @@ class _Progress:
 
 @dataclass
 class _Scheduler:
-    """LambdaLR-like schedule over optimizer steps, checkpointable via ``register_for_checkpointing``."""
+    """LambdaLR-like schedule over optimizer steps; saved in ``trainer_state.json``."""
 
     optimizer: torch.optim.Optimizer
     config: TrainConfig
@@ -526,9 +535,6 @@ class Trainer:
         if config.ema_decay is not None:
             self.ema = EMA(self.accelerator.unwrap_model(self.model), config.ema_decay)
         self.progress = _Progress()
-        for obj in (self.progress, self.scheduler, self.ema):
-            if obj is not None:
-                self.accelerator.register_for_checkpointing(obj)
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -576,7 +582,9 @@ class Trainer:
                 p.batches_in_epoch += 1
                 yield batch
             if not yielded and skip == 0:
-                raise DifflabError("the dataloader yielded no batches; is the dataset empty or drop_last too strict?")
+                raise DifflabError(
+                    "the dataloader yielded no batches; is the dataset empty or drop_last too strict?"
+                )
             p.epoch += 1
             p.batches_in_epoch = 0
 
@@ -596,6 +604,7 @@ class Trainer:
         acc.save_state(str(path), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            self._save_trainer_state(path)
             marker = {"step": self.progress.step, "epoch": self.progress.epoch, "time": time.time()}
             tmp = path / f".{COMPLETE_MARKER}.tmp"
             tmp.write_text(json.dumps(marker) + "\n")
@@ -604,6 +613,30 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return path
+
+    def _save_trainer_state(self, path: Path) -> None:
+        """Progress, schedule and EMA as JSON + safetensors (accelerate's custom states would be pickles)."""
+        state: dict[str, Any] = {"progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.ema is not None:
+            ema = self.ema.state_dict()
+            shadow = {k: v.detach().cpu().contiguous() for k, v in ema.pop("shadow").items()}
+            save_file(shadow, str(path / EMA_STATE_FILE))
+            state["ema"] = ema
+        (path / TRAINER_STATE_FILE).write_text(json.dumps(state) + "\n")
+
+    def _load_trainer_state(self, path: Path) -> None:
+        state_path = path / TRAINER_STATE_FILE
+        if not state_path.is_file():
+            raise DifflabError(f"{state_path}: missing; this checkpoint was not written by difflab_core.train")
+        state = json.loads(state_path.read_text())
+        self.progress.load_state_dict(state["progress"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise DifflabError(f"{path}: the checkpoint has no EMA state but config.ema_decay is set")
+            device = next(iter(self.ema.shadow.values())).device
+            shadow = {k: v.to(device) for k, v in load_file(str(path / EMA_STATE_FILE)).items()}
+            self.ema.load_state_dict(state["ema"] | {"shadow": shadow})
 
     def _read_log(self, up_to_step: int) -> list[dict[str, Any]]:
         path = self.output_dir / LOG_FILE
@@ -619,6 +652,7 @@ class Trainer:
 
     def _start_log(self, records: list[dict[str, Any]]) -> None:
         """Rewrite the log with ``records`` (drops lines a crashed run wrote after its checkpoint)."""
+        self.accelerator.wait_for_everyone()  # every process has read the old log
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / LOG_FILE, "w") as f:
@@ -676,6 +710,7 @@ class Trainer:
         resumed_from = None
         if latest is not None and resume:
             acc.load_state(str(latest))
+            self._load_trainer_state(latest)
             resumed_from = latest
             logger.info("resumed from %s at step %d", latest, p.step)
         elif latest is not None:
@@ -697,7 +732,7 @@ class Trainer:
         start_time = time.monotonic()
         with (
             self._progress_bar() as bar,
-            (open(self.output_dir / LOG_FILE, "a") if acc.is_main_process else contextlib.nullcontext()) as log,
+            open(self.output_dir / LOG_FILE, "a") if acc.is_main_process else contextlib.nullcontext() as log,
         ):
             task = bar.add_task("train", total=cfg.max_steps, completed=p.step, loss="-")
             _set_rng_states(rng)
@@ -727,7 +762,9 @@ class Trainer:
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                     last_saved = step
-        checkpoint = self.save_checkpoint() if last_saved != p.step else self.checkpoint_root / f"step-{p.step:08d}"
+        checkpoint = (
+            self.save_checkpoint() if last_saved != p.step else self.checkpoint_root / f"step-{p.step:08d}"
+        )
 
         model_path, ema_path = self.output_dir / MODEL_FILE, None
         unwrapped = acc.unwrap_model(self.model)
