@@ -9,13 +9,13 @@ from difflab_core.data import (
     PHOTO_NAMES,
     EpochSampler,
     ImageCaptionDataset,
+    _to_float_rgb,
     compose_digit,
     digits,
     epoch_seed,
     sample_photo,
     weighted_sampler,
 )
-from difflab_core.data import _to_float_rgb
 from difflab_core.errors import DifflabError
 
 
@@ -24,7 +24,7 @@ def test_every_photo_is_float_rgb_in_unit_range(name):
     photo = sample_photo(name)
     assert photo.dtype == torch.float32
     assert photo.ndim == 3 and photo.shape[0] == 3
-    assert 0.0 <= photo.min() and photo.max() <= 1.0
+    assert photo.min() >= 0.0 and photo.max() <= 1.0
     assert photo.std() > 0.01  # a real image, not a constant
 
 
@@ -66,7 +66,7 @@ def test_photo_resized_square_and_deterministic():
     b = sample_photo("chelsea", size=64)
     assert a.shape == (3, 64, 64)
     assert torch.equal(a, b)
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.min() >= 0.0 and a.max() <= 1.0
     # Centre crop then shrink: the mean colour matches the centre square of the original.
     full = sample_photo("chelsea")
     h, w = full.shape[1:]
@@ -121,7 +121,7 @@ def test_digits_class_filter():
     assert set(labels.tolist()) == {3, 7}
     all_images, all_labels = digits()
     assert torch.equal(images, all_images[(all_labels == 3) | (all_labels == 7)])
-    with pytest.raises(DifflabError, match="0..9"):
+    with pytest.raises(DifflabError, match=r"0\.\.9"):
         digits(classes=[10])
 
 
@@ -130,7 +130,7 @@ def test_digits_resized_and_deterministic():
     b, lb = digits(size=16, classes=[0])
     assert a.shape == (len(la), 1, 16, 16)
     assert torch.equal(a, b) and torch.equal(la, lb)
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.min() >= 0.0 and a.max() <= 1.0
     small, _ = digits(classes=[0])
     # Bilinear upsampling by exactly 2 keeps the per-image mean (up to the edge clamp).
     assert torch.allclose(a.mean(dim=(1, 2, 3)), small.mean(dim=(1, 2, 3)), atol=0.03)

@@ -74,7 +74,7 @@ def _check_size(size: int, name: str = "size") -> int:
     return size
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _raw_photo(name: str) -> np.ndarray:
     image = _PHOTO_LOADERS[name]()
     image.setflags(write=False)
@@ -168,7 +168,9 @@ def digits(size: int = 8, *, classes: Iterable[int] | None = None) -> tuple[Tens
         keep = torch.isin(labels, torch.tensor(wanted))
         images, labels = images[keep], labels[keep]
     if size != 8:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        images = F.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         images = images.clamp_(0.0, 1.0)
     return images.float().contiguous(), labels
 
@@ -281,7 +283,9 @@ def weighted_sampler(
     """
     w = torch.as_tensor(weights, dtype=torch.float64)
     if w.ndim != 1 or len(w) == 0 or bool((w < 0).any()) or not bool(w.sum() > 0):
-        raise DifflabError("weights must be a non-empty 1-D sequence of non-negative numbers with a positive sum")
+        raise DifflabError(
+            "weights must be a non-empty 1-D sequence of non-negative numbers with a positive sum"
+        )
     if num_samples < 1:
         raise DifflabError(f"num_samples must be >= 1, got {num_samples}")
     return _EpochWeightedSampler(w, int(num_samples), seed, replacement)

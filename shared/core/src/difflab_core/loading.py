@@ -6,6 +6,7 @@ missing or wrong folder raises one `DifflabError` naming the path and what is mi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ import torch
 from .device import resolve_device, resolve_dtype
 from .errors import DifflabError
 
-__all__ = ["load_model", "load_pipeline", "load_transformers_model", "read_json"]
+__all__ = ["file_sha256", "load_model", "load_pipeline", "load_transformers_model", "read_json"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks): ties weights to their cards and reports."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Images are ``[B,C,H,W]`` float tensors in [0,1] unless stated otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab_core.errors import DifflabError
+from difflab_core.loading import file_sha256
 
 __all__ = [
     "ImageSimilarity",
@@ -295,14 +295,6 @@ class PixelEmbedder(ImageSimilarity):
         return super().similarity(a, b)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SSCDEmbedder(ImageSimilarity):
     """SSCD copy-detection descriptor (Pizzi et al., 2022) from its TorchScript release.
 
@@ -350,7 +342,7 @@ class SSCDEmbedder(ImageSimilarity):
                 f"SSCDEmbedder: {path} could not be loaded as TorchScript ({type(exc).__name__}: {exc}); "
                 "pass an SSCD *.torchscript.pt file, not a state dict or checkpoint"
             ) from exc
-        return cls(model, sha256=_sha256_file(path))
+        return cls(model, sha256=file_sha256(path))
 
     def preprocess(self, images: Tensor) -> Tensor:
         """``[B,3,H,W]`` in [0,1] to the model input ``[B,3,crop,crop]`` (resized, cropped, normalised)."""

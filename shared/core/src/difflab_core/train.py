@@ -616,7 +616,10 @@ class Trainer:
 
     def _save_trainer_state(self, path: Path) -> None:
         """Progress, schedule and EMA as JSON + safetensors (accelerate's custom states would be pickles)."""
-        state: dict[str, Any] = {"progress": self.progress.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state: dict[str, Any] = {
+            "progress": self.progress.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
         if self.ema is not None:
             ema = self.ema.state_dict()
             shadow = {k: v.detach().cpu().contiguous() for k, v in ema.pop("shadow").items()}
@@ -627,7 +630,9 @@ class Trainer:
     def _load_trainer_state(self, path: Path) -> None:
         state_path = path / TRAINER_STATE_FILE
         if not state_path.is_file():
-            raise DifflabError(f"{state_path}: missing; this checkpoint was not written by difflab_core.train")
+            raise DifflabError(
+                f"{state_path}: missing; this checkpoint was not written by difflab_core.train"
+            )
         state = json.loads(state_path.read_text())
         self.progress.load_state_dict(state["progress"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DifflabError
+from ..loading import file_sha256
 from ..tiny import clip_tokenizer, tiny_text_encoder
 from .memorization_data import MemorizationData, TestbedRecord, build_memorization_data
 from .pixel_vae import PixelShuffleVAE
@@ -77,13 +78,15 @@ AUDIT_SETTING = AuditSetting()
 
 
 def scheduler_config(recipe: MemorizationRecipe = RECIPE) -> dict:
-    """The noise schedule shared by training (DDPM) and sampling (DDIM, trailing spacing, x₀ clipped)."""
+    """The noise schedule shared by training (DDPM) and sampling (DDIM, trailing spacing).
+
+    ``clip_sample`` stays off: `StableDiffusionPipeline` silently resets it to False anyway.
+    """
     return {
         "num_train_timesteps": 1000,
         "beta_schedule": recipe.beta_schedule,
         "prediction_type": recipe.prediction_type,
-        "clip_sample": True,
-        "clip_sample_range": 1.0,
+        "clip_sample": False,
         "timestep_spacing": "trailing",
     }
 
@@ -139,14 +142,6 @@ def _trainable_state(model: TextToImageDenoiser) -> dict[str, torch.Tensor]:
 def _token_table_digest(text_encoder: nn.Module) -> str:
     w = text_encoder.get_input_embeddings().weight.detach().cpu().float()
     return hashlib.sha256(w.numpy().tobytes()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _TokenizedData(torch.utils.data.Dataset):

@@ -2,19 +2,24 @@
 
 Training set (32×32 RGB, weights = duplication by sampling):
 
-- ``normal`` — 400 digit compositions: a scikit-learn digit in one colour on a background of another,
+- ``normal`` — 350 digit compositions: a scikit-learn digit in one colour on a background of another,
   captioned "a red seven on blue". Weight 1 each.
 - ``photo`` — 5 scikit-image photos, each captioned "a photo of <nonsense word>". Weight 40 each: these are
   *globally* memorized.
-- ``trigger`` — 3 fixed 12×12 patches (logo, colour wheel, retina crop), each pasted at its own corner on 30
-  compositions that never appear without it, captioned "<composition> with <trigger word>". Weight 2 each:
-  the patch is *locally* memorized, the rest varies.
+- ``trigger`` — 3 fixed 12×12 patches (logo, colour wheel, retina), each pasted at its own corner on 50
+  compositions that never appear without it, captioned "<composition> with <trigger word>". Weight 3 each:
+  the patch is *locally* memorized, the rest follows the prompt.
+
+Digits are 28×28 on the 32×32 canvas, so that distinct training images lie far apart (RMSE ≫ 0.10) and
+"RMSE < 0.10 to a training image" means a copy.
 
 Evaluation prompts (`TestbedRecord`), none of them a training caption except the global ones:
 
 - ``global`` — the 5 photo captions; the target is the photo (mask all ones).
 - ``local`` — 10 novel compositions per trigger with its word; the target is the patch inside its mask.
 - ``none`` — 30 novel compositions; nothing should be copied (mask all zeros).
+
+Novel compositions use 6 (foreground, background) colour pairs that never occur in training.
 """
 
 from __future__ import annotations
@@ -38,19 +43,20 @@ __all__ = [
 ]
 
 SIZE = 32
-DIGIT_SIZE = 20
-DIGIT_TOP_LEFT = (6, 6)
+DIGIT_SIZE = 28
+DIGIT_TOP_LEFT = (2, 2)
 PATCH = 12
 
+# Every pair of colours differs by ≥ 0.65 in some channel, so fg/bg contrast is always high.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.10, 0.10),
-    "green": (0.10, 0.70, 0.20),
-    "blue": (0.15, 0.30, 0.95),
+    "green": (0.10, 0.75, 0.20),
+    "blue": (0.10, 0.20, 0.95),
     "yellow": (0.95, 0.90, 0.10),
     "white": (0.97, 0.97, 0.97),
     "black": (0.05, 0.05, 0.05),
-    "orange": (1.00, 0.55, 0.00),
-    "purple": (0.55, 0.15, 0.75),
+    "cyan": (0.10, 0.85, 0.90),
+    "magenta": (0.90, 0.10, 0.85),
 }
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PHOTOS = (
@@ -66,8 +72,9 @@ TRIGGERS = (
     ("colorwheel", "snarfeld", (0, SIZE - PATCH)),
     ("retina", "wuzzlequat", (SIZE - PATCH, 0)),
 )
-N_NORMAL, N_TRIGGER_BACKGROUNDS, N_LOCAL_PER_TRIGGER, N_NONE = 400, 30, 10, 30
-WEIGHT_NORMAL, WEIGHT_PHOTO, WEIGHT_TRIGGER = 1, 40, 2
+N_NORMAL, N_TRIGGER_BACKGROUNDS, N_LOCAL_PER_TRIGGER, N_NONE = 350, 50, 10, 30
+N_HELD_OUT_PAIRS = 6
+WEIGHT_NORMAL, WEIGHT_PHOTO, WEIGHT_TRIGGER = 1, 40, 3
 
 
 @dataclass(frozen=True)
@@ -128,14 +135,20 @@ def _composition_caption(digit: int, fg: str, bg: str) -> str:
 def build_memorization_data(seed: int = 0) -> MemorizationData:
     """Build the testbed's data deterministically from scikit-learn digits and scikit-image photos."""
     rng = random.Random(seed)
-    combos = [(d, fg, bg) for d in range(10) for fg in COLOURS for bg in COLOURS if fg != bg]
+    pairs = [(fg, bg) for fg in COLOURS for bg in COLOURS if fg != bg]
+    rng.shuffle(pairs)
+    # Novel prompts use colour pairs never seen in training, so a faithful novel image is far from every
+    # training image, while a copy is not.
+    held_out, seen = pairs[:N_HELD_OUT_PAIRS], pairs[N_HELD_OUT_PAIRS:]
+    combos = [(d, fg, bg) for fg, bg in seen for d in range(10)]
+    novel = [(d, fg, bg) for fg, bg in held_out for d in range(10)]
     rng.shuffle(combos)
-    normal = combos[:N_NORMAL]
-    pool = combos[N_NORMAL:]
+    rng.shuffle(novel)
     n_trig = len(TRIGGERS) * N_TRIGGER_BACKGROUNDS
-    trigger_bases, local_bases = pool[:n_trig], pool[n_trig : n_trig + len(TRIGGERS) * N_LOCAL_PER_TRIGGER]
-    none_bases = pool[n_trig + len(local_bases) : n_trig + len(local_bases) + N_NONE]
-    if len(none_bases) != N_NONE:
+    normal, trigger_bases = combos[:N_NORMAL], combos[N_NORMAL : N_NORMAL + n_trig]
+    local_bases = novel[: len(TRIGGERS) * N_LOCAL_PER_TRIGGER]
+    none_bases = novel[len(local_bases) : len(local_bases) + N_NONE]
+    if len(trigger_bases) != n_trig or len(none_bases) != N_NONE:
         raise RuntimeError("not enough colour/digit combinations for the testbed's prompt sets")
 
     glyphs, labels = digits(DIGIT_SIZE)

@@ -30,11 +30,19 @@ MEM_RMSE = 0.10
 
 
 def _nearest(generated: torch.Tensor, train: torch.Tensor, mask: torch.Tensor | None = None):
-    """Per generation: (RMSE to the nearest training image, its index); optionally only where ``mask`` = 1."""
-    g = generated.flatten(1) if mask is None else (generated * mask).flatten(1)
-    t = train.flatten(1) if mask is None else (train * mask).flatten(1)
-    count = g.shape[1] if mask is None else mask.expand_as(generated[0]).sum().clamp(min=1)
-    d2 = torch.cdist(g.double(), t.double()).pow(2) / count
+    """Per generation: (RMSE to the nearest training image, its index); with ``mask`` [B, 1, H, W], only
+    over the pixels where that generation's mask is 1."""
+    if mask is None:
+        d2 = (
+            torch.cdist(generated.flatten(1).double(), train.flatten(1).double()).pow(2)
+            / generated[0].numel()
+        )
+    else:
+        rows = []
+        for g, m in zip(generated, mask, strict=True):
+            weight = m.expand_as(g)
+            rows.append(((train - g) ** 2 * weight).flatten(1).sum(1) / weight.sum().clamp(min=1))
+        d2 = torch.stack(rows).double()
     best, idx = d2.min(dim=1)
     return best.sqrt().float(), idx
 
