@@ -13,6 +13,7 @@ from difflab_core.testbed import (
     train_memorization_testbed,
 )
 from difflab_core.testbed.memorization import WEIGHTS_FILE
+from difflab_core.testbed.memorization_data import N_NORMAL, N_TRIGGER_BACKGROUNDS, PHOTOS, TRIGGERS
 from difflab_core.testbed.pixel_vae import PixelShuffleVAE
 from difflab_core.testbed.planted import PlantedAttention
 
@@ -33,15 +34,25 @@ def test_pixel_vae_is_exact():
 def test_data_is_deterministic_and_consistent():
     a, b = build_memorization_data(), build_memorization_data()
     assert a.fingerprint == b.fingerprint
-    assert a.images.shape == (495, 3, 32, 32)
+    n_train = N_NORMAL + len(PHOTOS) + len(TRIGGERS) * N_TRIGGER_BACKGROUNDS
+    assert a.images.shape == (n_train, 3, 32, 32) == (505, 3, 32, 32)
     assert {r.kind for r in a.records} == {"global", "local", "none"}
     train_captions = set(a.captions)
+    train_pairs = {
+        c.split(" with ")[0].split(" ", 2)[1] + c.split(" on ")[-1].split(" with ")[0]
+        for c in a.captions
+        if " on " in c
+    }
+    for r in a.records:  # novel prompts use colour pairs never seen in training
+        if r.kind != "global":
+            caption = r.caption.split(" with ")[0]
+            assert caption.split(" ", 2)[1] + caption.split(" on ")[-1] not in train_pairs
     for r in a.records:  # only global prompts are training captions
         assert (r.caption in train_captions) == (r.kind == "global")
     for t in range(3):  # each trigger image carries the patch inside its mask
         inside = a.masks[t].bool()
         trig = [i for i, (k, c) in enumerate(zip(a.kinds, a.captions, strict=True)) if k == "trigger"]
-        patch_imgs = a.images[trig[t * 30 : (t + 1) * 30]]
+        patch_imgs = a.images[trig[t * N_TRIGGER_BACKGROUNDS : (t + 1) * N_TRIGGER_BACKGROUNDS]]
         assert torch.allclose(
             patch_imgs[:, :, inside], a.gt_images[5 + t][:, inside].expand_as(patch_imgs[:, :, inside])
         )

@@ -80,7 +80,8 @@ AUDIT_SETTING = AuditSetting()
 def scheduler_config(recipe: MemorizationRecipe = RECIPE) -> dict:
     """The noise schedule shared by training (DDPM) and sampling (DDIM, trailing spacing).
 
-    ``clip_sample`` stays off: `StableDiffusionPipeline` silently resets it to False anyway.
+    ``clip_sample`` off and ``steps_offset`` 1: `StableDiffusionPipeline` silently forces both anyway
+    (``steps_offset`` does not move "trailing" timesteps).
     """
     return {
         "num_train_timesteps": 1000,
@@ -88,6 +89,7 @@ def scheduler_config(recipe: MemorizationRecipe = RECIPE) -> dict:
         "prediction_type": recipe.prediction_type,
         "clip_sample": False,
         "timestep_spacing": "trailing",
+        "steps_offset": 1,
     }
 
 
