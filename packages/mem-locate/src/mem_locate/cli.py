@@ -1,4 +1,5 @@
-"""The ``mem-locate`` command line (typer): locate, audit, eval-detect, eval-localize, report, version."""
+"""The ``mem-locate`` command line (typer): locate, audit, eval-detect, eval-localize, measure, mitigate,
+report, version."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch
 import typer
 
 from .errors import MemLocateError, core_errors
@@ -301,6 +303,109 @@ def report(
         rep.add_plot(series, title=f"mean {method} magnitude per step", xlabel="step", ylabel=method)
         path = rep.save(out or run_dir / "report.html")
         typer.echo(f"wrote {path}")
+    except MemLocateError as err:
+        _fail(err)
+
+
+@app.command()
+def mitigate(
+    model: Path = typer.Argument(..., help="diffusers pipeline folder"),
+    prompt: str = typer.Option(..., "--prompt", "-p"),
+    out: Path = typer.Option(Path("mitigate-out"), "--out", "-o"),
+    method: str = typer.Option("be-pe", "--method", help="be-pe, pe, prss or be-prss"),
+    paraphrase: list[str] = typer.Option([], "--paraphrase", help="PRSS candidates (repeatable)"),
+    steps: int = typer.Option(50, "--steps"),
+    scale: float = typer.Option(7.5, "--scale"),
+    n: int = typer.Option(1, "--n", help="images"),
+    seed: int = typer.Option(0, "--seed"),
+    target_loss: float = typer.Option(1.0, "--target-loss", help="PE stops below this step-0 loss"),
+    iterations: int = typer.Option(10, "--iterations"),
+    unet: Path | None = typer.Option(None, "--unet"),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+) -> None:
+    """Generate PROMPT with mitigation and save the images, the loss before/after and the mask used."""
+    try:
+        from difflab_core.report import to_pil, write_json
+
+        from .localize import overlay
+        from .mitigate import MitigationConfig
+        from .mitigate import mitigate as run_mitigation
+
+        pipe = _load(model, unet, device, dtype)
+        config = MitigationConfig(
+            num_inference_steps=steps,
+            guidance_scale=scale,
+            num_images_per_prompt=n,
+            target_loss=target_loss,
+            iterations=iterations,
+        )
+        res = run_mitigation(
+            pipe, prompt, method=method, config=config, paraphrases=paraphrase or None, seed=seed
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        for j, image in enumerate(res.images):
+            to_pil(image.float().cpu()).save(out / f"mitigated_{j}.png")
+            files.append(f"mitigated_{j}.png")
+            if res.mask is not None:
+                overlay(image.float().cpu(), res.mask[min(j, len(res.mask) - 1)], out / f"mask_{j}.png")
+                files.append(f"mask_{j}.png")
+        summary = {
+            "prompt": prompt,
+            "method": method,
+            "seed": seed,
+            "triggered": res.triggered,
+            "chosen_prompt": res.chosen_prompt,
+            "loss_before": res.loss_before,
+            "loss_after": res.loss_after,
+            "iterations": res.iterations,
+            "files": files,
+        }
+        write_json(out / "mitigate.json", summary)
+        typer.echo(
+            f"{method}: loss {res.loss_before:.3f} -> {res.loss_after:.3f} in {res.iterations} iterations; "
+            f"wrote {len(res.images)} image(s) to {out}"
+        )
+    except MemLocateError as err:
+        _fail(err)
+
+
+@app.command()
+def measure(
+    generated: list[Path] = typer.Argument(..., help="generated images (PNG/JPEG) of one prompt"),
+    references: Path = typer.Option(..., "--references", "-r", help="folder of reference images"),
+    mask: Path | None = typer.Option(None, "--mask", help="map or mask image (any size); none = whole image"),
+    metric: str = typer.Option("ssim", "--metric", help="ssim, pixel or sscd"),
+    sscd: Path | None = typer.Option(None, "--sscd", help="SSCD TorchScript file (metric sscd)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Localized similarity of generated images to reference images, weighted by a mask (spec §2.5)."""
+    try:
+        from .data import image_files, read_image
+        from .measure import load_sscd, localized_similarity
+
+        gens = torch.stack([read_image(p) for p in generated])
+        ref_files = image_files(references)
+        if not ref_files:
+            raise MemLocateError(f"{references}: no PNG/JPEG reference images in the folder")
+        refs = [read_image(p) for p in ref_files]
+        size = refs[0].shape[-2:]
+        refs = torch.stack(
+            [torch.nn.functional.interpolate(r[None], size=size, mode="bilinear")[0] for r in refs]
+        )
+        weights = None
+        if mask is not None:
+            weights = read_image(mask, gray=True)
+        embedder = load_sscd(sscd, device) if metric == "sscd" and sscd is not None else None
+        if metric == "sscd" and embedder is None:
+            raise MemLocateError("--metric sscd needs --sscd PATH (a TorchScript file)")
+        result = localized_similarity(gens, refs, weights, metric=metric, embedder=embedder)
+        from difflab_core.report import to_jsonable
+
+        typer.echo(
+            json.dumps(to_jsonable({k: v for k, v in result.items() if k != "matrix"} | {"metric": metric}))
+        )
     except MemLocateError as err:
         _fail(err)
 

@@ -26,11 +26,13 @@ from .errors import MemLocateError
 __all__ = [
     "CAPTION_FIELDS",
     "PromptRecord",
+    "image_files",
     "kind_of",
     "load_masks",
     "load_prompts",
     "load_reference_images",
     "load_run",
+    "read_image",
 ]
 
 CAPTION_FIELDS = ("caption", "prompt", "text", "Caption")
@@ -232,9 +234,13 @@ def load_prompts(path: str | os.PathLike[str], *, label: int | None = None) -> l
 
 
 # ---------------------------------------------------------------------------------------------- images and masks
-def _read_image(path: Path, *, gray: bool) -> torch.Tensor:
+def read_image(path: str | os.PathLike[str], *, gray: bool = False) -> torch.Tensor:
+    """An image file as float [3, H, W] (or [H, W] with ``gray``) in [0, 1]; errors name the file."""
     from PIL import Image
 
+    path = Path(path)
+    if not path.is_file():
+        raise MemLocateError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
@@ -250,7 +256,11 @@ def _missing_error(what: str, root: Path, missing: list[str]) -> MemLocateError:
     return MemLocateError(f"{root}: no {what} for {len(missing)} key(s): {shown}{more}")
 
 
-def _images_in(folder: Path) -> list[Path]:
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The PNG/JPEG files of ``folder``, sorted (possibly none); raises if the folder is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MemLocateError(f"{folder}: image folder not found")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT and p.is_file())
 
 
@@ -287,13 +297,13 @@ def load_masks(
             mask_path = meta.parent / str(row["mask_file"])
             if not mask_path.is_file():
                 raise MemLocateError(f"{meta}: line {i}: mask file {mask_path} not found")
-            found[Path(str(row["img_file"])).stem] = (_read_image(mask_path, gray=True) > 0.5).float()
+            found[Path(str(row["img_file"])).stem] = (read_image(mask_path, gray=True) > 0.5).float()
     folder = root / "masks" if (root / "masks").is_dir() else root
     for entry in sorted(folder.iterdir()):
         if entry.is_file() and entry.suffix.lower() in _IMAGE_EXT:
-            found[entry.stem] = (_read_image(entry, gray=True) > 0.5).float()
+            found[entry.stem] = (read_image(entry, gray=True) > 0.5).float()
         elif entry.is_dir():
-            per_seed = {p.stem: (_read_image(p, gray=True) > 0.5).float() for p in _images_in(entry)}
+            per_seed = {p.stem: (read_image(p, gray=True) > 0.5).float() for p in image_files(entry)}
             if per_seed:
                 found[entry.name] = per_seed
     if keys is not None:
@@ -323,10 +333,10 @@ def load_reference_images(
     for entry in sorted(folder.iterdir()):
         if not entry.is_dir():
             continue
-        paths = _images_in(entry)
+        paths = image_files(entry)
         if not paths:
             continue
-        imgs = [_read_image(p, gray=False) for p in paths]
+        imgs = [read_image(p, gray=False) for p in paths]
         size = imgs[0].shape[-2:]
         imgs = [
             im
