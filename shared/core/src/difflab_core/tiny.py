@@ -32,6 +32,7 @@ __all__ = [
     "bpe_path",
     "clip_tokenizer",
     "sd_scheduler_config",
+    "seeded",
     "tiny_ddpm_pipeline",
     "tiny_noisy_classifier",
     "tiny_sd_pipeline",
@@ -48,7 +49,7 @@ BOS_ID, EOS_ID = 49406, 49407
 
 
 @contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Run a block under ``torch.manual_seed(seed)`` and restore the global CPU RNG afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,7 +133,7 @@ def tiny_text_encoder(
         pad_token_id=1,
         hidden_act="quick_gelu",
     )
-    with _seeded(seed):
+    with seeded(seed):
         return CLIPTextModel(config).eval()
 
 
@@ -140,7 +141,7 @@ def tiny_vae(in_channels: int = 3, latent_channels: int = 4, *, seed: int = 0):
     """A random 2×-downsampling `AutoencoderKL` (two blocks, 32/64 channels)."""
     from diffusers import AutoencoderKL
 
-    with _seeded(seed):
+    with seeded(seed):
         return AutoencoderKL(
             in_channels=in_channels,
             out_channels=in_channels,
@@ -194,7 +195,7 @@ def tiny_unet_2d_condition(layout: str = "sd1", *, cross_attention_dim: int = 32
     from diffusers import UNet2DConditionModel
 
     config = _unet_config(layout, cross_attention_dim)
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(**config).eval()
 
 
@@ -237,7 +238,7 @@ def tiny_unet_2d(sample_size: int = 16, in_channels: int = 3, *, num_class_embed
     """A random unconditional (or class-conditional) `UNet2DModel` for DDPM tests."""
     from diffusers import UNet2DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DModel(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -265,7 +266,7 @@ def tiny_video_pipeline(*, seed: int = 0):
     """A random `TextToVideoSDPipeline` over a tiny `UNet3DConditionModel` (16×16×4 latents per frame)."""
     from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
 
-    with _seeded(seed + 2):
+    with seeded(seed + 2):
         unet = UNet3DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -317,5 +318,5 @@ class TinyNoisyClassifier(nn.Module):
 
 def tiny_noisy_classifier(in_channels: int = 1, num_classes: int = 10, size: int = 16, *, seed: int = 0):
     """A random `TinyNoisyClassifier`."""
-    with _seeded(seed):
+    with seeded(seed):
         return TinyNoisyClassifier(in_channels, num_classes, size).eval()

@@ -50,6 +50,8 @@ from torch import Tensor, nn
 
 from ..errors import DifflabError
 from ..loading import file_sha256
+from ..metrics import knn
+from ..tiny import seeded
 
 __all__ = [
     "CLASSIFIER_RECIPE",
@@ -310,8 +312,7 @@ class DigitsCNN(nn.Module):
 def _build_classifier(recipe: ClassifierRecipe) -> nn.Module:
     from ..tiny import TinyNoisyClassifier
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.model_seed)
+    with seeded(recipe.model_seed):
         if recipe.kind == "clean":
             return DigitsCNN(recipe.width, recipe.feature_dim, dropout=recipe.dropout)
         if recipe.kind == "noisy":
@@ -323,8 +324,7 @@ def build_unet(recipe: DigitsRecipe = DDPM_RECIPE):
     """The recipe's randomly initialised `UNet2DModel` (seeded by ``recipe.model_seed``)."""
     from diffusers import UNet2DModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.model_seed)
+    with seeded(recipe.model_seed):
         return UNet2DModel(
             sample_size=SIZE,
             in_channels=1,
@@ -663,10 +663,8 @@ def digits_ddpm(
 def _nearest(images: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     """RMSE [N] to the nearest of ``keys`` [K, 1, 16, 16] and its index [N] (both in [0, 1])."""
     q = _check_images(images, "is_memorized").flatten(1).double()
-    k = keys.flatten(1).double()
-    d = torch.cdist(q, k).div(math.sqrt(q.shape[1]))
-    rmse, idx = d.min(dim=1)
-    return rmse.float(), idx
+    dist, idx = knn(q, keys.flatten(1).double(), metric="l2")
+    return dist[:, 0].div(math.sqrt(q.shape[1])).float(), idx[:, 0]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import DifflabError
 from ..loading import file_sha256
-from ..tiny import clip_tokenizer, tiny_text_encoder
+from ..tiny import clip_tokenizer, seeded, tiny_text_encoder
 from .memorization_data import MemorizationData, TestbedRecord, build_memorization_data
 from .pixel_vae import PixelShuffleVAE
 
@@ -97,8 +97,7 @@ def build_denoiser(recipe: MemorizationRecipe = RECIPE):
     """Random-initialised (UNet, text encoder) of the recipe; the text encoder's token table stays frozen."""
     from diffusers import UNet2DConditionModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.model_seed)
+    with seeded(recipe.model_seed):
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=12,

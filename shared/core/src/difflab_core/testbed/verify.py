@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionCapture, eos_indices
-from ..metrics import masked_rmse, roc_auc
+from ..metrics import knn, masked_rmse, roc_auc
 from .memorization import MemorizationTestbed
 
 MEM_RMSE = 0.10
@@ -33,17 +33,13 @@ def _nearest(generated: torch.Tensor, train: torch.Tensor, mask: torch.Tensor | 
     """Per generation: (RMSE to the nearest training image, its index); with ``mask`` [B, 1, H, W], only
     over the pixels where that generation's mask is 1."""
     if mask is None:
-        d2 = (
-            torch.cdist(generated.flatten(1).double(), train.flatten(1).double()).pow(2)
-            / generated[0].numel()
-        )
-    else:
-        rows = []
-        for g, m in zip(generated, mask, strict=True):
-            weight = m.expand_as(g)
-            rows.append(((train - g) ** 2 * weight).flatten(1).sum(1) / weight.sum().clamp(min=1))
-        d2 = torch.stack(rows).double()
-    best, idx = d2.min(dim=1)
+        dist, idx = knn(generated.flatten(1).double(), train.flatten(1).double(), metric="l2")
+        return dist[:, 0].div(generated[0].numel() ** 0.5).float(), idx[:, 0]
+    rows = []
+    for g, m in zip(generated, mask, strict=True):
+        weight = m.expand_as(g)
+        rows.append(((train - g) ** 2 * weight).flatten(1).sum(1) / weight.sum().clamp(min=1))
+    best, idx = torch.stack(rows).double().min(dim=1)
     return best.sqrt().float(), idx
 
 
