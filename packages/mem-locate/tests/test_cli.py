@@ -87,6 +87,11 @@ def test_cli_mitigate_lowers_the_loss(model_dir, tmp_path):
     assert (out / "mitigated_0.png").is_file()
     bad = CliRunner().invoke(app, [*args[:-2], "--method", "nope", "--device", "cpu"])
     assert bad.exit_code == 1 and "method" in bad.output
+    i = args.index("--target-loss")
+    no_audit = CliRunner().invoke(app, [*args[: i + 1], "auto", *args[i + 2 :]])
+    assert no_audit.exit_code == 1 and "--audit RUN_DIR" in no_audit.output
+    not_a_number = CliRunner().invoke(app, [*args[: i + 1], "low", *args[i + 2 :]])
+    assert not_a_number.exit_code == 1 and "'low'" in not_a_number.output
 
 
 def test_cli_measure_equals_plain_ssim_and_pixel(tmp_path):

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
+from mem_locate.errors import MemLocateError
 from mem_locate.localize import draw_latents
 from mem_locate.mitigate import (
     MitigationConfig,
+    auto_target_loss,
     mitigate,
     optimize_prompt_embedding,
     reanchored_cfg,
@@ -103,3 +105,29 @@ def test_mitigate_runs(pipes, method):
     res = mitigate(pipes["sd1"], "a photo of a cat", method=method, config=cfg, paraphrases=["a dog"])
     assert res.images.shape == (1, 3, 32, 32) and res.triggered
     assert res.mask is not None and res.mask.shape == (1, 16, 16)
+
+
+def test_auto_target_loss_is_the_quantile_of_clean_step0_magnitudes(setup, tmp_path):
+    import numpy as np
+
+    from mem_locate.data import PromptRecord
+    from mem_locate.detect import AuditConfig, Auditor
+
+    pipe = setup[0]
+    recs = [
+        PromptRecord(key="a", caption="a photo of a cat", label=0),
+        PromptRecord(key="b", caption="a red bicycle", label=0),
+        PromptRecord(key="c", caption="a painting", label=1),
+    ]
+    cfg = AuditConfig(num_inference_steps=3, num_images_per_prompt=2, methods=("be", "wen"))
+    records = Auditor(pipe, cfg).run(recs, tmp_path).records
+    clean = [r for r in records if r["label"] == 0]
+    for masked, name in ((True, "be"), (False, "wen")):
+        step0 = [curve[0] for r in clean for curve in r[name]]
+        expected = float(np.quantile(np.asarray(step0, dtype=np.float64), 0.95))
+        assert auto_target_loss(records, masked=masked) == pytest.approx(expected, rel=1e-12)
+    assert auto_target_loss(records, quantile=1.0) == pytest.approx(max(c[0] for r in clean for c in r["be"]))
+    with pytest.raises(MemLocateError, match="non-memorized"):
+        auto_target_loss([r for r in records if r["label"] == 1])
+    with pytest.raises(MemLocateError, match="quantile"):
+        auto_target_loss(records, quantile=0)

@@ -119,3 +119,25 @@ def test_verify_meets_the_documented_thresholds(testbed):
     assert result["local_mem_rate"] >= 0.8
     assert result["local_outside_nn_rmse"] > 0.15
     assert result["none_mem_rate"] <= 0.05
+
+
+def test_memorization_verdicts_on_ground_truth_and_noise(testbed):
+    """The training copies themselves are judged copied; uniform grey and noise are not."""
+    from difflab_core.testbed.verify import memorization_verdicts
+
+    kinds = {
+        k: next(i for i, r in enumerate(testbed.records) if r.kind == k) for k in ("global", "local", "none")
+    }
+    photo_rows = [j for j, k in enumerate(testbed.data.kinds) if k == "photo"]
+    g, loc = testbed.records[kinds["global"]], testbed.records[kinds["local"]]
+    copies = torch.stack([testbed.train_images[photo_rows[g.target]], testbed.gt_images[loc.target]])
+    grey = torch.full((3, 3, 32, 32), 0.5)
+    grey[2] = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([copies, grey])
+    index = [kinds["global"], kinds["local"], kinds["global"], kinds["local"], kinds["none"]]
+    verdict = memorization_verdicts(testbed, images, index)
+    assert verdict["copied"].tolist() == [True, True, False, False, False]
+    assert verdict["rmse"][0] < 1e-6 and verdict["rmse"][1] < 1e-6
+    assert verdict["kind"] == ["global", "local", "global", "local", "none"]
+    with pytest.raises(ValueError, match="one record index each"):
+        memorization_verdicts(testbed, images, index[:2])

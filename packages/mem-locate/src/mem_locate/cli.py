@@ -152,7 +152,7 @@ def audit(
             ren_modes=tuple(ren_modes.split(",")),
         ).validate()
         pipe = _load(model, unet, device, dtype)
-        result = Auditor(pipe, cfg).run(records, out, new_run=new_run)
+        result = Auditor(pipe, cfg).run(records, out, new_run=new_run, progress=True)
         typer.echo(f"{len(result.records)} prompts scored in {out}")
     except MemLocateError as err:
         _fail(err)
@@ -318,7 +318,12 @@ def mitigate(
     scale: float = typer.Option(7.5, "--scale"),
     n: int = typer.Option(1, "--n", help="images"),
     seed: int = typer.Option(0, "--seed"),
-    target_loss: float = typer.Option(1.0, "--target-loss", help="PE stops below this step-0 loss"),
+    target_loss: str = typer.Option(
+        "1.0", "--target-loss", help="PE stops below this step-0 loss; 'auto' reads it from --audit RUN_DIR"
+    ),
+    audit_dir: Path | None = typer.Option(
+        None, "--audit", help="audit run folder (for --target-loss auto: 95th percentile of clean prompts)"
+    ),
     iterations: int = typer.Option(10, "--iterations"),
     unet: Path | None = typer.Option(None, "--unet"),
     device: str = typer.Option("auto", "--device"),
@@ -329,15 +334,28 @@ def mitigate(
         from difflab_core.report import to_pil, write_json
 
         from .localize import overlay
-        from .mitigate import MitigationConfig
+        from .mitigate import MitigationConfig, auto_target_loss
         from .mitigate import mitigate as run_mitigation
 
+        if target_loss == "auto":
+            if audit_dir is None:
+                raise MemLocateError(
+                    "--target-loss auto needs --audit RUN_DIR (an audit with label-0 prompts)"
+                )
+            from .data import load_run
+
+            loss_target = auto_target_loss(load_run(audit_dir).records, masked=method.startswith("be-"))
+        else:
+            try:
+                loss_target = float(target_loss)
+            except ValueError as err:
+                raise MemLocateError(f"--target-loss {target_loss!r}: use a number or 'auto'") from err
         pipe = _load(model, unet, device, dtype)
         config = MitigationConfig(
             num_inference_steps=steps,
             guidance_scale=scale,
             num_images_per_prompt=n,
-            target_loss=target_loss,
+            target_loss=loss_target,
             iterations=iterations,
         )
         res = run_mitigation(
@@ -357,6 +375,7 @@ def mitigate(
             "seed": seed,
             "triggered": res.triggered,
             "chosen_prompt": res.chosen_prompt,
+            "target_loss": loss_target,
             "loss_before": res.loss_before,
             "loss_after": res.loss_after,
             "iterations": res.iterations,

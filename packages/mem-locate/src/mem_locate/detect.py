@@ -436,7 +436,7 @@ class Auditor:
         Resuming skips keys already in the store; a changed configuration raises unless ``new_run=True``
         (``resume=False`` implies it; earlier results move to ``previous-<timestamp>/``). Under
         ``accelerate launch`` (or explicit ``rank``/``world_size``) each rank writes its own shard and the
-        main process merges them.
+        main process merges them. ``progress`` shows a progress bar on the main process.
         """
         cfg = self.config
         recs = [
@@ -493,6 +493,10 @@ class Auditor:
                 stacklevel=2,
             )
         batches = [pending[j : j + cfg.batch_prompts] for j in range(0, len(pending), cfg.batch_prompts)]
+        if progress and main and batches:
+            from rich.progress import track
+
+            batches = track(batches, description=f"auditing {len(pending)} prompts", transient=True)
         for batch in batches:
             self._run_batch(batch, store, out)
         if state is not None:

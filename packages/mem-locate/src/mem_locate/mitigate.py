@@ -72,6 +72,32 @@ class MitigationConfig:
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
+def auto_target_loss(records: Sequence[dict], *, masked: bool = True, quantile: float = 0.95) -> float:
+    """``target_loss="auto"``: the ``quantile`` of the step-0 magnitudes of non-memorized prompts (label 0) in an
+    audit's records [reconstruction]. ``masked`` reads BE's masked magnitude (for BE-PE), else Wen's (for PE);
+    both are in the units of `step0_loss`."""
+    if not 0 < quantile <= 1:
+        raise MemLocateError(f"quantile must be in (0, 1], got {quantile}")
+    field_name = "be" if masked else "wen"
+    values = []
+    for rec in records:
+        if rec.get("label") != 0 or rec.get("nonfinite"):
+            continue
+        curves = rec.get(field_name)
+        if curves is None:
+            raise MemLocateError(
+                f"auto target loss: audit record {rec.get('key')!r} has no {field_name!r} curves "
+                f"(audit with methods including {'be' if masked else 'wen'})"
+            )
+        if 0 not in rec.get("steps", []):
+            raise MemLocateError(f"auto target loss: audit record {rec.get('key')!r} did not track step 0")
+        col = rec["steps"].index(0)
+        values.extend(float(curve[col]) for curve in curves)
+    if not values:
+        raise MemLocateError("auto target loss needs an audit with non-memorized prompts (label 0)")
+    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), quantile))
+
+
 def reanchored_cfg(
     eps_u: torch.Tensor,
     eps_star: torch.Tensor,

@@ -43,6 +43,48 @@ def _nearest(generated: torch.Tensor, train: torch.Tensor, mask: torch.Tensor | 
     return best.sqrt().float(), idx
 
 
+def memorization_verdicts(testbed: MemorizationTestbed, images: torch.Tensor, records: list[int]) -> dict:
+    """Whether each image copies training data, by the rules above (RMSE < ``MEM_RMSE`` on [0, 1] pixels).
+
+    ``images`` [B, 3, 32, 32] in [0, 1]; ``records[b]`` is the index into ``testbed.records`` of the prompt image
+    b was generated from. Returns ``copied`` [B] bool, ``rmse`` [B] (global: to the nearest training image;
+    local: to the trigger patch inside its mask; none: to the nearest training image), ``target_rmse`` [B]
+    (global prompts: to the target photo; NaN otherwise) and ``kind`` (list of str).
+    """
+    if images.ndim != 4 or len(images) != len(records):
+        raise ValueError(
+            f"memorization_verdicts: images {tuple(images.shape)} must be [B, 3, H, W] with one record index each "
+            f"(got {len(records)})"
+        )
+    images = images.detach().float().cpu()
+    train = testbed.train_images
+    photo_index = [j for j, k in enumerate(testbed.data.kinds) if k == "photo"]
+    recs = [testbed.records[i] for i in records]
+    copied = torch.zeros(len(images), dtype=torch.bool)
+    rmse = torch.full((len(images),), float("nan"))
+    target_rmse = torch.full((len(images),), float("nan"))
+    for kind in ("global", "local", "none"):
+        rows = [b for b, r in enumerate(recs) if r.kind == kind]
+        if not rows:
+            continue
+        sel = images[rows]
+        if kind == "local":
+            gt = testbed.gt_images[[recs[b].target for b in rows]]
+            masks = torch.stack([testbed.masks[records[b]] for b in rows])[:, None]
+            dist = masked_rmse(sel, gt, masks)
+            hit = dist < MEM_RMSE
+        else:
+            dist, idx = _nearest(sel, train)
+            hit = dist < MEM_RMSE
+            if kind == "global":
+                target = torch.tensor([photo_index[recs[b].target] for b in rows])
+                hit = hit & (idx == target)
+                target_rmse[rows] = torch.sqrt(((sel - train[target]) ** 2).flatten(1).mean(1))
+        copied[rows] = hit
+        rmse[rows] = dist.float()
+    return {"copied": copied, "rmse": rmse, "target_rmse": target_rmse, "kind": [r.kind for r in recs]}
+
+
 def measure_memorization(
     testbed: MemorizationTestbed,
     *,
@@ -83,23 +125,17 @@ def measure_memorization(
         out.setdefault("attention_spread_by_kind", {})[kind] = float(
             (mass.max(1).values - mass.min(1).values).mean()
         )
-        targets = torch.tensor([r.target for _, r in items]).repeat_interleave(n)
-        masks = torch.stack([testbed.masks[i] for i, _ in items]).repeat_interleave(n, dim=0)[:, None]
+        index = [i for i, _ in items for _ in range(n)]
+        verdict = memorization_verdicts(testbed, images, index)
+        hit = verdict["copied"]
         if kind == "global":
-            rmse, idx = _nearest(images, train)
-            photo_index = [j for j, k in enumerate(testbed.data.kinds) if k == "photo"]
-            target_train = torch.tensor(photo_index)[targets]
-            hit = (idx == target_train) & (rmse < MEM_RMSE)
             out["global_mem_rate"] = float(hit.float().mean())
-            out["global_target_rmse"] = float(
-                torch.sqrt(((images - train[target_train]) ** 2).flatten(1).mean(1)).mean()
-            )
+            out["global_target_rmse"] = float(verdict["target_rmse"].mean())
         elif kind == "local":
-            gt = testbed.gt_images[targets]
-            patch_rmse = masked_rmse(images, gt, masks)
+            masks = torch.stack([testbed.masks[i] for i in index])[:, None]
             outside, _ = _nearest(images, train, 1 - masks)
-            out["local_mem_rate"] = float((patch_rmse < MEM_RMSE).float().mean())
-            out["local_patch_rmse"] = float(patch_rmse.mean())
+            out["local_mem_rate"] = float(hit.float().mean())
+            out["local_patch_rmse"] = float(verdict["rmse"].mean())
             out["local_outside_nn_rmse"] = float(outside.mean())
             up = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[
                 :, 0
@@ -109,9 +145,8 @@ def measure_memorization(
             ]
             out["be_local_auroc"] = float(sum(aurocs) / len(aurocs))
         else:
-            rmse, _ = _nearest(images, train)
-            out["none_mem_rate"] = float((rmse < MEM_RMSE).float().mean())
-            out["none_nn_rmse"] = float(rmse.mean())
+            out["none_mem_rate"] = float(hit.float().mean())
+            out["none_nn_rmse"] = float(verdict["rmse"].mean())
     spreads = out.get("attention_spread_by_kind", {})
     if spreads:
         out["attention_spread"] = sum(spreads.values()) / len(spreads)
