@@ -153,3 +153,26 @@ def test_two_simulated_ranks_cover_the_set(pipes, tmp_path):
     by_key = {r["key"]: r["wen"] for r in single.records}
     for r in merged.records:
         np.testing.assert_allclose(r["wen"], by_key[r["key"]], rtol=1e-6)
+
+
+def test_flag_prompts_cuts_at_the_clean_quantile():
+    import numpy as np
+
+    from mem_locate.detect import flag_prompts
+
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 1, 40)
+    memorized = rng.normal(3, 1, 10)
+    records = [
+        {"key": str(i), "prompt": "p", "seed": i, "label": int(i >= 40), "n": 1}
+        | {"num_inference_steps": 1, "steps": [0], "wen": [[v]]}
+        for i, v in enumerate(np.concatenate([clean, memorized]))
+    ]
+    flags = flag_prompts(records, "wen", quantile=0.9)
+    assert flags.threshold == pytest.approx(float(np.quantile(clean, 0.9)))
+    assert flags.n_calibration == 40
+    expected = np.concatenate([clean, memorized]) > np.quantile(clean, 0.9)
+    assert flags.flagged.tolist() == expected.tolist()
+    assert 3 <= flags.flagged[:40].sum() <= 4  # about 10% of the clean prompts
+    with pytest.raises(MemLocateError, match="known-clean"):
+        flag_prompts(records[40:], "wen")

@@ -194,6 +194,48 @@ def aggregate(
     return np.asarray(out, dtype=np.float64)
 
 
+@dataclass
+class Flags:
+    """`flag_prompts` output: ``scores`` [N] and ``flagged`` [N] follow the records; ``threshold`` is the cut."""
+
+    method: str
+    threshold: float
+    quantile: float
+    n_calibration: int
+    scores: np.ndarray
+    flagged: np.ndarray
+
+
+def flag_prompts(
+    records: Sequence[PromptScores | dict],
+    method: str,
+    *,
+    quantile: float = 0.95,
+    calibration: Sequence[PromptScores | dict] | None = None,
+    window: tuple[int, int | None] = (0, None),
+) -> Flags:
+    """Flag prompts whose ``method`` score exceeds the ``quantile`` of known-clean prompts' scores
+    [reconstruction]: the clean prompts are ``calibration`` or, by default, the label-0 ``records``, so about
+    1 − ``quantile`` of clean prompts are flagged. Scores are `aggregate`'s: higher means more memorized, as in
+    `detection_table`."""
+    if not 0 < quantile <= 1:
+        raise MemLocateError(f"quantile must be in (0, 1], got {quantile}")
+    clean = (
+        list(calibration)
+        if calibration is not None
+        else [r for r in records if (r.label if isinstance(r, PromptScores) else r.get("label")) == 0]
+    )
+    if not clean:
+        raise MemLocateError("flag_prompts needs known-clean prompts: label-0 records or a calibration set")
+    scores = aggregate(records, method, window)
+    reference = aggregate(clean, method, window)
+    reference = reference[np.isfinite(reference)]
+    if reference.size == 0:
+        raise MemLocateError(f"flag_prompts: no finite {method} scores among the clean prompts")
+    threshold = float(np.quantile(reference, quantile))
+    return Flags(method, threshold, quantile, int(reference.size), scores, scores > threshold)
+
+
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class AuditConfig:
