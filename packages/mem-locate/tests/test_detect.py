@@ -176,3 +176,18 @@ def test_flag_prompts_cuts_at_the_clean_quantile():
     assert 3 <= flags.flagged[:40].sum() <= 4  # about 10% of the clean prompts
     with pytest.raises(MemLocateError, match="known-clean"):
         flag_prompts(records[40:], "wen")
+
+
+def test_saved_images_read_back_from_the_run(pipes, tmp_path):
+    from mem_locate.data import load_run
+
+    pipe = pipes["sd1"]
+    cfg = AuditConfig(num_inference_steps=2, num_images_per_prompt=2, save_images=True, guidance_scale=3.0)
+    auditor = Auditor(pipe, cfg)
+    auditor.run([PromptRecord(key="a/b", caption="a photo of a cat")], tmp_path)
+    _, tensors = auditor.score_prompts(["a photo of a cat"], [0])
+    images = load_run(tmp_path).images("a/b")
+    assert images.shape == tensors["images"].shape
+    assert (images - tensors["images"].float()).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(MemLocateError, match="no saved images"):
+        load_run(tmp_path).images("nope")

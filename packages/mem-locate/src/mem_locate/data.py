@@ -377,6 +377,18 @@ class RunData:
             raise MemLocateError(f"{path}: map file of key {key!r} is missing")
         return load_file(str(path))["be_map"].float()
 
+    def images(self, key: str) -> torch.Tensor:
+        """The generated images of ``key`` saved by an audit with ``save_images``: [n, 3, H, W] in [0, 1]."""
+        rec = next((r for r in self.records if str(r["key"]) == str(key)), None)
+        if rec is None or not rec.get("image_files"):
+            raise MemLocateError(
+                f"{self.directory}: no saved images for key {key!r} (audit with save_images)"
+            )
+        missing = [f for f in rec["image_files"] if not (self.directory / f).is_file()]
+        if missing:
+            raise MemLocateError(f"{self.directory}: image files of key {key!r} are missing: {missing}")
+        return torch.stack([read_image(self.directory / f) for f in rec["image_files"]])
+
 
 def load_run(directory: str | os.PathLike[str]) -> RunData:
     """Read an audit run folder (``config.json``, ``results.jsonl`` and rank shards)."""

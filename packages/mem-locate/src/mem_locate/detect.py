@@ -144,6 +144,7 @@ class PromptScores:
     nonfinite: bool = False
     eos_index: int | None = None
     map_file: str | None = None
+    image_files: list[str] | None = None
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -591,8 +592,11 @@ class Auditor:
                 from difflab_core.report import to_pil
 
                 (out / "images").mkdir(exist_ok=True)
+                ps.image_files = []
                 for k, img in enumerate(tensors["images"][rows]):
-                    to_pil(img.float().cpu()).save(out / "images" / f"{_safe_name(rec.key)}_{k}.png")
+                    name = f"images/{_safe_name(rec.key)}_{k}.png"
+                    to_pil(img.float().cpu()).save(out / name)
+                    ps.image_files.append(name)
             with core_errors(str(out)):
                 store.append(ps.to_record())
 
