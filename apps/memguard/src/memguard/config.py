@@ -1,0 +1,52 @@
+"""One TOML file configures every command: a table per command, keys are the command's option names.
+
+    # memguard.toml
+    [audit]
+    steps = 50
+    methods = "be,wen,ren"
+
+    [generate]
+    mitigate = "be-pe"
+
+Command-line options override the file. Unknown tables or keys are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from difflab_core.errors import DifflabError
+
+
+def read_config(path: Path, commands: dict[str, click.Command]) -> dict[str, dict[str, Any]]:
+    """Read ``path`` into click's ``default_map`` form: {command: {parameter_name: value}}."""
+    if not path.is_file():
+        raise DifflabError(f"{path}: config file not found")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise DifflabError(f"{path}: not valid TOML ({err})") from err
+    out: dict[str, dict[str, Any]] = {}
+    for table, values in doc.items():
+        if table not in commands:
+            raise DifflabError(f"{path}: unknown table [{table}]; tables are {', '.join(sorted(commands))}")
+        if not isinstance(values, dict):
+            raise DifflabError(f"{path}: [{table}] must be a table of options")
+        params = {p.name: p for p in commands[table].params if p.name != "config"}
+        section: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in params:
+                known = ", ".join(sorted(n.replace("_", "-") for n in params))
+                raise DifflabError(f"{path}: [{table}] has no option {key!r}; options are {known}")
+            section[name] = [str(v) for v in value] if isinstance(value, list) else value
+        out[table] = section
+    return out

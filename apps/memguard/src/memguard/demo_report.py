@@ -1,0 +1,117 @@
+"""The demo's ``report.json`` and self-contained ``report.html`` (core `HtmlReport`): figures, ROC curves, BE
+heatmaps next to ground-truth masks, and before/after grids of the mitigated prompts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+
+FIGURES_HEADING = "Figures"
+
+
+def scalar_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures table: one row per scalar figure, nested dicts flattened with dots."""
+    rows = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            rows.extend(scalar_figures({f"{key}.{k}": v for k, v in value.items()}))
+        elif value is None or isinstance(value, (int, float, str, bool)):
+            rows.append({"figure": key, "value": value})
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("difflab-memguard", "mem-locate", "guidance-kit", "difflab-core", "torch", "diffusers"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def write_report(
+    out: Path,
+    cfg,
+    tb,
+    run,
+    records: list[dict],
+    figures: dict[str, Any],
+    *,
+    curves: dict[str, tuple[list[float], list[float]]],
+    verdicts_before: dict[str, list[bool]],
+    mitigation: dict[str, dict],
+    flags: dict,
+) -> tuple[Path, Path]:
+    """Write ``out/report.json`` and ``out/report.html``; returns their paths."""
+    from difflab_core.report import HtmlReport, heatmap_overlay, write_json
+
+    index = {r.key: i for i, r in enumerate(tb.records)}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    json_path = write_json(
+        out / "report.json",
+        {"figures": figures, "config": config, "versions": _versions(), "testbed": tb.card.get("name", "")},
+    )
+
+    rep = HtmlReport(f"memguard demo ({cfg.mode})")
+    rep.add_text(
+        f"Every prompt of the memorization testbed ({sum(figures['n_prompts'].values())} prompts: "
+        f"{figures['n_prompts']['global']} copy a whole training photo, {figures['n_prompts']['local']} copy a "
+        f"trigger patch, {figures['n_prompts']['none']} are novel) was generated with {cfg.steps} DDIM steps, "
+        f"{cfg.images_per_prompt} image(s) each, and audited with Bright Ending (BE), Wen and Ren. Prompts "
+        f"scoring above the {cfg.flag_quantile:.0%} quantile of the novel prompts' {cfg.flag_method} scores were "
+        "flagged and regenerated with mitigation at the same seeds. An image counts as memorized when it is "
+        "within RMSE 0.1 of its training target (the whole photo, or the patch inside its mask)."
+    )
+    rep.add_heading(FIGURES_HEADING)
+    rep.add_table(scalar_figures(figures), columns=["figure", "value"])
+
+    rep.add_heading("Detection: ROC over all prompts (memorized vs novel)")
+    rep.add_plot(
+        {m: c for m, c in curves.items()},
+        title="ROC",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+    )
+
+    rep.add_heading("Localization: BE map on the generated image, next to the ground-truth mask")
+    local = [r for r in records if r["kind"] == "local"][:6]
+    tiles, captions = [], []
+    for r in local:
+        image = run.images(r["key"])[0]
+        be_map = run.map(r["key"])[0]
+        heat = F.interpolate(be_map[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[
+            0, 0
+        ]
+        mask = tb.masks[index[r["key"]]].float()
+        tiles += [image, heatmap_overlay(image, heat), mask[None].expand(3, -1, -1)]
+        captions += [r["key"], "BE map", "ground truth"]
+    if tiles:
+        rep.add_images(tiles, captions, width=96)
+
+    rep.add_heading("Mitigation: before and after, same seed")
+    methods = list(cfg.mitigations)
+    shown = 0
+    for key in flags["mitigated"]:
+        rows = [mitigation.get(f"{m}/{key}") for m in methods]
+        if any(row is None for row in rows):
+            continue
+        before = run.images(key)
+        tiles = [before[0]] + [row["images"][0] for row in rows]
+        caps = [f"{key} before: {'copy' if verdicts_before[key][0] else 'ok'}"] + [
+            f"{m}: {'copy' if row['copied'][0] else 'ok'}" for m, row in zip(methods, rows, strict=True)
+        ]
+        rep.add_images(tiles, caps, width=96)
+        shown += 1
+        if shown >= 8:
+            break
+    if shown == 0:
+        rep.add_text("No prompt was flagged, so nothing was mitigated.")
+    rep.add_json({"config": config, "versions": _versions()}, summary="configuration and versions")
+    html_path = rep.save(out / "report.html")
+    return html_path, json_path
