@@ -13,12 +13,16 @@ from difflab_core.errors import DifflabError
 
 def load_sd(model: Path, device: str = "auto", dtype: str = "auto"):
     """A local Stable Diffusion pipeline, checked for what BE needs, progress bar off."""
+    import diffusers
     import torch
+    import transformers
 
     from difflab_core.loading import load_pipeline
     from mem_locate.localize import check_pipeline
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     pipe = load_pipeline(model, device=device, dtype=dtype)
     check_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)

@@ -8,7 +8,8 @@
     [generate]
     mitigate = "be-pe"
 
-Command-line options override the file. Unknown tables or keys are errors, so a typo never passes silently.
+Keys are spelled like the options without their dashes (``n = 2`` for ``--n 2``, ``flag-method`` for
+``--flag-method``). Command-line options override the file. Unknown tables or keys are errors, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ def read_config(path: Path, commands: dict[str, click.Command]) -> dict[str, dic
             raise DifflabError(f"{path}: unknown table [{table}]; tables are {', '.join(sorted(commands))}")
         if not isinstance(values, dict):
             raise DifflabError(f"{path}: [{table}] must be a table of options")
-        params = {p.name: p for p in commands[table].params if p.name != "config"}
+        names: dict[str, str] = {}  # option spelling (as on the command line, without dashes) -> parameter
+        for param in commands[table].params:
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    names[opt[2:]] = param.name
         section: dict[str, Any] = {}
         for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in params:
-                known = ", ".join(sorted(n.replace("_", "-") for n in params))
-                raise DifflabError(f"{path}: [{table}] has no option {key!r}; options are {known}")
+            name = names.get(key) or names.get(key.replace("_", "-"))
+            if name is None:
+                raise DifflabError(
+                    f"{path}: [{table}] has no option {key!r}; options are {', '.join(sorted(names))}"
+                )
             section[name] = [str(v) for v in value] if isinstance(value, list) else value
         out[table] = section
     return out
