@@ -231,6 +231,10 @@ def video_audit(
     steps: int = typer.Option(25, "--steps", help="with --model: denoising steps"),
     frames: int = typer.Option(16, "--frames", help="with --model: frames per video"),
     seed: int = typer.Option(0, "--seed"),
+    flow_size: int = typer.Option(256, "--flow-size", help="frames are resized to this square size for flow"),
+    content_fps: float = typer.Option(
+        2.0, "--content-fps", help="frames per second compared for content (0: all)"
+    ),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Content and motion memorization of generated videos against training videos, with a report."""
@@ -246,6 +250,8 @@ def video_audit(
         frames=frames,
         seed=seed,
         device=device,
+        flow_size=(flow_size, flow_size),
+        content_fps=content_fps or None,
     )
     typer.echo(
         f"{summary['n_videos']} videos: {summary['n_content']} content copies, {summary['n_motion']} motion "

@@ -289,35 +289,39 @@ def _prompt_embedding(masked: bool):
 
 def _amg(tb, cfg: DemoConfig, run, records, rec, context, work):
     from guidance_kit import AMGConfig, generate_with_amg
+    from mem_locate.localize import draw_latents
 
     if "amg_index" not in context:
         context["amg_index"], context["amg_captions"] = _amg_index(tb, work)
+    latents, _ = draw_latents(tb.pipe, [rec["seed"]], cfg.images_per_prompt)  # the audit's initial noise
     result = generate_with_amg(
         tb.pipe,
         [rec["prompt"]] * cfg.images_per_prompt,
         index=context["amg_index"],
         captions=context["amg_captions"],
-        seeds=[rec["seed"] + j for j in range(cfg.images_per_prompt)],
+        seeds=[rec["seed"]],
         config=AMGConfig(),
+        latents=latents,
         num_inference_steps=cfg.steps,
         guidance_scale=tb.audit.guidance_scale,
     )
-    fired = {name: sum(getattr(s, f"fired_{name}") for s in result.records) for name in ("spe", "dup", "sim")}
+    fired = {
+        name: sum(bool(getattr(r, f"fired_{name}")) for r in result.records) for name in ("spe", "dup", "sim")
+    }
     return result.images, {"amg_fired_steps": fired, "triggered": any(fired.values())}
 
 
 def _amg_index(tb, work: Path):
-    """The guidance-kit retrieval index and caption statistics of the testbed's training set (built once)."""
+    """guidance-kit's retrieval index and caption statistics of the testbed's training set (built once)."""
     from guidance_kit import CaptionStats, NeighbourIndex
 
     root = work.parent / "amg-index"
-    if not (root / "index" / "manifest.json").is_file():
-        NeighbourIndex.build(tb.train_images, root / "index", captions=tb.captions)
-    index = NeighbourIndex.load(root / "index")
+    if not (root / "manifest.json").is_file():
+        NeighbourIndex.build(tb.train_images, root)
+    index = NeighbourIndex.load(root)
     if not (root / "captions.parquet").is_file():
-        (root / "captions.txt").write_text("\n".join(tb.captions) + "\n", encoding="utf-8")
-        CaptionStats.build(root / "captions.txt", index, root / "captions.parquet")
-    return index, CaptionStats.load(root / "captions.parquet")
+        CaptionStats.build(list(tb.captions), index, root)
+    return index, CaptionStats.load(root)
 
 
 def _before_after(records, verdicts_before: dict, mitigation: dict, flags: dict) -> dict:

@@ -164,7 +164,7 @@ def _amg(pipe, prompt, cfg, seed, index: Path, captions: Path | None):
         [prompt] * cfg.num_images_per_prompt,
         index=NeighbourIndex.load(index),
         captions=CaptionStats.load(captions) if captions is not None else None,
-        seeds=[seed] * cfg.num_images_per_prompt,
+        seeds=[seed],
         config=AMGConfig(),
         latents=latents,
         num_inference_steps=cfg.num_inference_steps,
