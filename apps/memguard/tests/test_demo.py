@@ -69,7 +69,7 @@ def _flatten(figures: dict, prefix: str = "") -> dict:
 
 
 def _work(out):
-    (work,) = (out / "cache").iterdir()
+    (work,) = (out / "cache").glob("steps*")
     return work
 
 
