@@ -6,6 +6,8 @@
 * :class:`ImageCaptionDataset`, :func:`weighted_sampler` — image/caption pairs for training loops.
 * :class:`EpochSampler` — a shuffling sampler whose order depends only on ``(seed, epoch)``,
   which is what makes an interrupted-and-resumed training run see the same batches.
+* :func:`segment_labels`, :func:`class_features` — synthetic frame-label sequences and per-frame
+  features (class prototype + noise) for temporal action segmentation tests.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ __all__ = [
     "PHOTO_NAMES",
     "EpochSampler",
     "ImageCaptionDataset",
+    "class_features",
     "compose_digit",
     "digits",
     "epoch_seed",
     "resize_square",
     "sample_photo",
+    "segment_labels",
     "weighted_sampler",
 ]
 
@@ -322,3 +326,61 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_items
+
+
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def segment_labels(
+    num_frames: int,
+    num_classes: int,
+    seed: int | np.random.Generator = 0,
+    *,
+    min_len: int = 8,
+    max_len: int = 25,
+) -> np.ndarray:
+    """A synthetic frame-label sequence ``(num_frames,)`` int64 of class ids in ``0..num_classes-1``.
+
+    Segments have lengths drawn uniformly in ``[min_len, max_len]`` (the last one is cut at
+    ``num_frames``) and neighbouring segments always differ in class.
+    """
+    _check_size(num_frames, "num_frames")
+    if num_classes < 2:
+        raise DifflabError(
+            f"num_classes must be >= 2 so that neighbouring segments differ, got {num_classes}"
+        )
+    if not 1 <= min_len <= max_len:
+        raise DifflabError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    rng = _rng(seed)
+    labels = np.empty(num_frames, dtype=np.int64)
+    start, previous = 0, -1
+    while start < num_frames:
+        length = int(rng.integers(min_len, max_len + 1))
+        label = int(rng.integers(num_classes - 1)) if previous >= 0 else int(rng.integers(num_classes))
+        if previous >= 0 and label >= previous:
+            label += 1
+        labels[start : start + length] = label
+        start, previous = start + length, label
+    return labels
+
+
+def class_features(
+    labels: np.ndarray,
+    prototypes: np.ndarray,
+    seed: int | np.random.Generator = 0,
+    *,
+    noise_std: float = 0.8,
+) -> np.ndarray:
+    """Frame features ``(F, T)`` float32: column ``t`` is ``prototypes[labels[t]] + N(0, noise_std²)``.
+
+    ``prototypes`` is ``(num_classes, F)``; labels index its rows.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise DifflabError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if labels.min() < 0 or labels.max() >= len(prototypes):
+        raise DifflabError(f"labels must lie in 0..{len(prototypes) - 1}, got {labels.min()}..{labels.max()}")
+    rng = _rng(seed)
+    noise = rng.normal(0.0, noise_std, size=(prototypes.shape[1], labels.size))
+    return (np.asarray(prototypes, dtype=np.float64)[labels].T + noise).astype(np.float32)
