@@ -85,6 +85,7 @@ def demo(
         help="mitigate at most this many flagged prompts (default: 8 quick, all full)",
     ),
     mitigations: str = typer.Option("be-pe,amg", "--mitigations", help="comma list of be-pe, pe and amg"),
+    video: bool = typer.Option(True, "--video/--no-video", help="also audit the planted video testbed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps"),
 ) -> None:
     """Audit, score, mitigate and report on the embedded memorization testbed; prints the headline figures.
@@ -101,6 +102,7 @@ def demo(
         flag_quantile=flag_quantile,
         max_mitigated=max_mitigated,
         mitigations=tuple(m.strip() for m in mitigations.split(",") if m.strip()),
+        video=video,
         device=device,
     )
     result = run_demo(cfg)
@@ -120,6 +122,12 @@ def demo(
     for m in cfg.mitigations:
         tag = m.replace("-", "_")
         typer.echo(f"  ... after {m}: {_fmt(f.get(f'memorized_fraction_after_{tag}'))}")
+    if video:
+        typer.echo(
+            f"  videos: content-copy recall {_fmt(f['video_content_recall'])}, motion-copy recall "
+            f"{_fmt(f['video_motion_recall'])}, static/pan videos called motion copies: "
+            f"{f['video_static_or_pan_called_motion_copies']}"
+        )
 
 
 def _fmt(value) -> str:

@@ -7,7 +7,9 @@ Stages (each cached under ``OUT/cache/steps<N>-n<n>/`` and resumed on the next r
 3. flag prompts above the clean prompts' score quantile (mem-locate `flag_prompts`);
 4. mitigate the flagged prompts with BE-masked prompt-embedding optimisation (mem-locate) and with
    Anti-Memorization Guidance (guidance-kit) at the same seeds;
-5. judge every image with the testbed's copy rule before and after, and write ``report.json`` + ``report.html``.
+5. judge every image with the testbed's copy rule before and after;
+6. audit mem-video's planted sprite-video testbed for content and motion copies (a folder audit);
+7. write ``report.json`` + ``report.html``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DemoConfig:
     max_mitigated: int | None = None
     mitigations: tuple[str, ...] = ("be-pe", "amg")
     device: str = "auto"
+    video: bool = True
 
     @property
     def mode(self) -> str:
@@ -106,6 +109,9 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
     figures.update(flags["figures"])
     mitigation = _mitigate(tb, cfg, work, run, records, flags, progress)
     figures.update(_before_after(records, verdicts_before, mitigation, flags))
+    if cfg.video:
+        with _status("auditing the planted video testbed", progress):
+            figures.update(_video(Path(cfg.out) / "cache"))
 
     from .demo_report import write_report
 
@@ -348,6 +354,35 @@ def _before_after(records, verdicts_before: dict, mitigation: dict, flags: dict)
         else:
             rows = [mitigation[f"{method}/{k}"] for k in keys]
             out[f"{tag}_auto_target_would_trigger"] = int(sum(bool(r["auto_would_trigger"]) for r in rows))
+    return out
+
+
+def _video(cache: Path) -> dict:
+    """The folder video audit (mem-video) on its planted sprite testbed, scored against the planted labels."""
+    from mem_video import write_sprite_testbed
+
+    from .video import run_video_audit
+
+    root = cache / "video-testbed"
+    if not (root / "labels.jsonl").is_file():
+        write_sprite_testbed(root, per_type=2, n_train=8)
+    labels = {row["id"]: row for row in map(json.loads, (root / "labels.jsonl").read_text().splitlines())}
+    summary = run_video_audit(
+        root / "training",
+        cache / "video-audit",
+        generated=root / "generated",
+        flow_size=(64, 64),
+        content_fps=None,
+    )
+    rows = [json.loads(line) for line in (cache / "video-audit" / "scores.jsonl").read_text().splitlines()]
+    out: dict[str, Any] = {"video_n_videos": summary["n_videos"]}
+    for what, flag in (("content", "content_mem"), ("motion", "motion_mem")):
+        truth = np.asarray([bool(labels[r["id"]][what]) for r in rows])
+        found = np.asarray([bool(r[flag]) for r in rows])
+        out[f"video_{what}_recall"] = float(found[truth].mean()) if truth.any() else None
+        out[f"video_{what}_false_positive_rate"] = float(found[~truth].mean()) if (~truth).any() else None
+    natural = [r for r in rows if labels[r["id"]]["type"] in ("static", "pan")]
+    out["video_static_or_pan_called_motion_copies"] = int(sum(bool(r["motion_mem"]) for r in natural))
     return out
 
 

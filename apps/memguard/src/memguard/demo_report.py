@@ -112,6 +112,23 @@ def write_report(
             break
     if shown == 0:
         rep.add_text("No prompt was flagged, so nothing was mitigated.")
+    if "video_n_videos" in figures:
+        rep.add_heading("Video memorization: the planted sprite-video testbed")
+        rep.add_text(
+            f"{figures['video_n_videos']} generated videos (copies of a training video's content, its motion, both, "
+            "or neither; static and camera-pan videos) audited against the training videos and images by mem-video. "
+            "The full per-video report is cache/video-audit/report.html."
+        )
+        rep.add_table(
+            [
+                {
+                    "copy type": what,
+                    "recall": figures[f"video_{what}_recall"],
+                    "false positive rate": figures[f"video_{what}_false_positive_rate"],
+                }
+                for what in ("content", "motion")
+            ]
+        )
     rep.add_json({"config": config, "versions": _versions()}, summary="configuration and versions")
     html_path = rep.save(out / "report.html")
     return html_path, json_path
