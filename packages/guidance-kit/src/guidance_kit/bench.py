@@ -1,0 +1,349 @@
+"""The guidance-kit benchmark (spec §6): AMG on the memorization testbed and the memorized digits DDPM,
+Compress classifier guidance, Compress CFG and peer schedules on the digits DDPM. `run_benchmark` returns one
+JSON-able dict; ``benchmarks/guidance_kit.py`` and ``guidance-kit bench`` print it.
+
+Testbed adapters (the spec's ``t2i_testbed`` names): memorized prompts = the testbed's "global" prompts (all
+of them: there are 5), clean prompts = its "none" prompts; "memorized" = the nearest training image within
+RMSE 0.10 (the testbed's copy rule); quality proxy = Fréchet distance of 4×4-pooled RGB pixels of clean-prompt
+images to the training set; alignment = the share of clean-prompt images whose border colour is the prompt's
+background colour.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+__all__ = ["run_benchmark"]
+
+MEM_RMSE = 0.10
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _copied(images, train):
+    from difflab_core.metrics import knn
+
+    dist, _ = knn(images.flatten(1).double(), train.flatten(1).double(), metric="l2")
+    return dist[:, 0] / images[0].numel() ** 0.5 < MEM_RMSE
+
+
+def _pixel_fd(images, train):
+    from difflab_core.metrics import frechet_distance
+
+    def feats(x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1).double().numpy()
+
+    return frechet_distance(feats(images), feats(train))
+
+
+def _background_alignment(images, prompts):
+    from difflab_core.testbed.memorization_data import COLOURS
+
+    palette = torch.tensor(list(COLOURS.values()))
+    names = list(COLOURS)
+    border = torch.cat([images[:, :, :2].flatten(2), images[:, :, -2:].flatten(2)], dim=2).mean(2)
+    guess = [names[int(i)] for i in torch.cdist(border.float(), palette).argmin(1)]
+    return sum(g == p.split(" on ")[-1] for g, p in zip(guess, prompts, strict=True)) / len(prompts)
+
+
+def _amg_part(quick: bool, repeats: int) -> dict:
+    from difflab_core.testbed import digits_ddpm_memorized, load_memorization_testbed
+
+    from .amg import AMGConfig, PixelSimilarity, amg, calibrate, generate_with_amg
+    from .captions import CaptionStats
+    from .compress import sample
+    from .index import NeighbourIndex
+
+    tb = load_memorization_testbed(device="cpu")
+    pipe = tb.pipe
+    steps = 20 if quick else 50
+    seeds = (0, 1) if quick else (0, 1, 2, 3)
+    n_clean = 8 if quick else 32
+    memorized = tb.prompts("global")
+    clean = tb.prompts("none")[:n_clean]
+    kw = {"num_inference_steps": steps, "guidance_scale": tb.audit.guidance_scale}
+    index = NeighbourIndex.build(tb.train_images)
+    captions = CaptionStats.build(tb.captions, index)
+    calibration = tb.prompts("none")[-6:]
+    config = calibrate(pipe, index, calibration, seeds=(100,), **kw)
+
+    def plain(prompts, seed_list):
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seed_list for _ in prompts]
+        return torch.cat(
+            [
+                pipe(
+                    prompts, generator=gens[i * len(prompts) : (i + 1) * len(prompts)], output_type="pt", **kw
+                ).images
+                for i in range(len(seed_list))
+            ]
+        )
+
+    def guided(prompts, seed_list):
+        return generate_with_amg(
+            pipe, prompts, index=index, seeds=seed_list, config=config, captions=captions, **kw
+        )
+
+    mem_before, t_mem_plain = _timed(lambda: plain(memorized, seeds))
+    mem_after, t_mem_amg = _timed(lambda: guided(memorized, seeds))
+    clean_before = plain(clean, seeds)
+    clean_after = guided(clean, seeds)
+    t_plain, t_amg = [], []
+    for _ in range(repeats):
+        t_plain.append(_timed(lambda: plain(clean, seeds[:1]))[1])
+        t_amg.append(_timed(lambda: guided(clean, seeds[:1]))[1])
+    detector = PixelSimilarity(index)
+
+    def final_sigma(images):
+        with torch.no_grad():
+            return detector(images).sigma
+
+    s_before, s_after = final_sigma(mem_before), final_sigma(mem_after.images)
+    frac_before = float(_copied(mem_before, tb.train_images).float().mean())
+    frac_after = float(_copied(mem_after.images, tb.train_images).float().mean())
+    unchanged = [bool(torch.equal(a, b)) for a, b in zip(clean_before, clean_after.images, strict=True)]
+
+    mem = digits_ddpm_memorized()
+    digit_index = NeighbourIndex.build(mem.train_images)
+    labels = mem.planted_labels.repeat(4 if quick else 16)
+    dkw = dict(num_inference_steps=steps, class_labels=labels, guidance_scale=3.0, null_class=mem.null_class)
+
+    def digits(cfg):
+        with amg(mem.unet, digit_index, config=cfg, scheduler=mem.scheduler, guidance_scale=3.0):
+            return (
+                sample(mem.unet, mem.scheduler, generator=torch.Generator().manual_seed(0), **dkw) + 1
+            ) / 2
+
+    d_before, d_after = digits(AMGConfig(terms=frozenset())), digits(AMGConfig(terms={"sim"}))
+    clean_prompts = clean * len(seeds)
+    return {
+        "testbed": "difflab_core.testbed.load_memorization_testbed",
+        "backend": config.backend,
+        "gating": config.gating,
+        "steps": steps,
+        "prompts_memorized": len(memorized),
+        "prompts_clean": len(clean),
+        "seeds": len(seeds),
+        "lambda_floor_calibrated": round(config.lambda_floor, 4),
+        "memorized_fraction_before": frac_before,
+        "memorized_fraction_after": frac_after,
+        "memorized_fraction_ratio": frac_after / frac_before if frac_before else None,
+        "sim_top5pct_before": float(torch.quantile(s_before, 0.95)),
+        "sim_top5pct_after": float(torch.quantile(s_after, 0.95)),
+        "sim_max_before": float(s_before.max()),
+        "sim_max_after": float(s_after.max()),
+        "quality_proxy": "pixel_fd_4x4_clean (lower is better)",
+        "quality_before": _pixel_fd(clean_before, tb.train_images),
+        "quality_after": _pixel_fd(clean_after.images, tb.train_images),
+        "alignment_before": _background_alignment(clean_before, clean_prompts),
+        "alignment_after": _background_alignment(clean_after.images, clean_prompts),
+        "fired_step_fraction_memorized": mem_after.summary["fired_step_fraction"],
+        "fired_step_fraction_clean": clean_after.summary["fired_step_fraction"],
+        "clean_unchanged_fraction": sum(unchanged) / len(unchanged),
+        "overhead_ratio_no_detection": statistics.median(t_amg) / statistics.median(t_plain),
+        "overhead_ratio_memorized": t_mem_amg / t_mem_plain,
+        "sim_scale_used": config.c_sim,
+        "ddpm": {
+            "memorized_fraction_before": float(mem.is_memorized(d_before).float().mean()),
+            "memorized_fraction_after": float(mem.is_memorized(d_after).float().mean()),
+            "quality_before": mem.clean_classifier.accuracy(d_before, labels),
+            "quality_after": mem.clean_classifier.accuracy(d_after, labels),
+        },
+    }
+
+
+def _compress_part(quick: bool, repeats: int) -> dict:
+    from diffusers import DDIMScheduler
+
+    from difflab_core.testbed import digits_ddpm_memorized
+
+    from .compress import classifier_guidance, compress_cfg, sample
+    from .encoder_classifier import fit_encoder_classifier
+    from .schedules import (
+        compress_schedule,
+        early_stop_schedule,
+        full_schedule,
+        interval_matched,
+        interval_schedule,
+        random_schedule,
+        step_sigmas,
+        uniform_schedule,
+    )
+
+    mem = digits_ddpm_memorized()
+    proxy = mem.clean_classifier
+    n, skip, k, scale = 50, 5, 2.0, 5.0
+    per_class = 2 if quick else 10
+    labels = torch.arange(10).repeat(per_class)
+    null = torch.full_like(labels, mem.null_class)
+    clf = fit_encoder_classifier(
+        mem.unet, mem.scheduler, mem.train_images * 2 - 1, mem.train_labels, null_class=10
+    )
+
+    def sched():
+        return DDIMScheduler.from_config(mem.scheduler.config)
+
+    def guided(schedule):
+        s = sched()
+        with classifier_guidance(mem.unet, clf, labels, scale=scale, schedule=schedule, scheduler=s) as run:
+            x = sample(
+                mem.unet,
+                s,
+                num_inference_steps=n,
+                class_labels=null,
+                generator=torch.Generator().manual_seed(0),
+            )
+        return (x + 1) / 2, run.stats["classifier_calls"]
+
+    def unguided():
+        x = sample(
+            mem.unet,
+            sched(),
+            num_inference_steps=n,
+            class_labels=null,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return (x + 1) / 2
+
+    def acc_on(images):
+        with torch.no_grad():
+            t = torch.zeros(len(images), dtype=torch.long)
+            return float((clf(images * 2 - 1, t).argmax(1) == labels).float().mean())
+
+    full_s, comp_s = full_schedule(n), compress_schedule(n, skip, k)
+    guided(comp_s)  # warm-up
+    t_full, t_comp = [], []
+    for _ in range(repeats):
+        (full_img, full_calls), tf = _timed(lambda: guided(full_s))
+        (comp_img, comp_calls), tc = _timed(lambda: guided(comp_s))
+        t_full.append(tf)
+        t_comp.append(tc)
+    free_img, t_free = _timed(unguided)
+    x = torch.randn(len(labels), 1, 16, 16)
+    tt = torch.full((len(labels),), 500)
+    _, f_time = _timed(lambda: [mem.unet(x, tt, class_labels=null) for _ in range(5)])
+    _, c_time = _timed(lambda: [_grad(clf, x, tt) for _ in range(5)])
+    F, C = f_time / 5, c_time / 5
+    wall_full, wall_comp = statistics.median(t_full), statistics.median(t_comp)
+    classifier = {
+        "n": n,
+        "skip": skip,
+        "k": k,
+        "scale": scale,
+        "weight_mode": "compress",
+        "classifier": "encoder half of the digits UNet + linear head (EncoderClassifier)",
+        "guided_steps": comp_s.num_guided,
+        "guidance_call_ratio": comp_calls / full_calls,
+        "classifier_calls_full": full_calls,
+        "classifier_calls_compress": comp_calls,
+        "wall_full_s": wall_full,
+        "wall_compress_s": wall_comp,
+        "wall_time_ratio": wall_comp / wall_full,
+        "unet_call_ms": F * 1000,
+        "classifier_call_ms": C * 1000,
+        "expected_wall_ratio": (n * F + comp_s.num_guided * C) / (n * (F + C)),
+        "acc_on_full": acc_on(full_img),
+        "acc_on_compress": acc_on(comp_img),
+        "acc_off_full": proxy.accuracy(full_img, labels),
+        "acc_off_compress": proxy.accuracy(comp_img, labels),
+        "acc_off_unguided": proxy.accuracy(free_img, labels),
+        "fd_full": proxy.frechet(full_img),
+        "fd_compress": proxy.frechet(comp_img),
+        "fd_unguided": proxy.frechet(free_img),
+    }
+
+    def cfg_run(compress_skip):
+        s = sched()
+        kw = dict(num_inference_steps=n, class_labels=labels, guidance_scale=3.0, null_class=mem.null_class)
+        if compress_skip is None:
+            return _timed(
+                lambda: (sample(mem.unet, s, generator=torch.Generator().manual_seed(0), **kw) + 1) / 2
+            ), None
+        with compress_cfg(mem.unet, skip=compress_skip, k=k, scheduler=s, guidance_scale=3.0) as run:
+            out = _timed(
+                lambda: (sample(mem.unet, s, generator=torch.Generator().manual_seed(0), **kw) + 1) / 2
+            )
+        return out, run
+
+    (cfg_full, tcf), _ = cfg_run(None)
+    (cfg_comp, tcc), crun = cfg_run(skip)
+    cfg = {
+        "n": n,
+        "skip": skip,
+        "k": k,
+        "guidance_scale": 3.0,
+        "guided_steps": crun.stats["uncond_forwards"],
+        "uncond_forward_ratio": crun.stats["uncond_forwards"] / n,
+        "wall_time_ratio": tcc / tcf,
+        "acc_off_full": proxy.accuracy(cfg_full, labels),
+        "acc_off_compress": proxy.accuracy(cfg_comp, labels),
+        "fd_full": proxy.frechet(cfg_full),
+        "fd_compress": proxy.frechet(cfg_comp),
+    }
+    sigmas = step_sigmas(sched(), n)
+    count = comp_s.num_guided
+    peer_schedules = {
+        "interval": interval_schedule(sigmas),
+        "interval_matched": interval_matched(sigmas, count),
+        "uniform": uniform_schedule(n, skip, weight_mode="compress"),
+        "early_stop": early_stop_schedule(n, weight_mode="compress"),
+        "random": random_schedule(n, count, seed=0, weight_mode="compress"),
+    }
+    peers = {}
+    for name, schedule in peer_schedules.items():
+        (images, _), t_peer = _timed(lambda schedule=schedule: guided(schedule))
+        peers[name] = {
+            "guided_steps": schedule.num_guided,
+            "wall_time_ratio": t_peer / wall_full,
+            "acc_off": proxy.accuracy(images, labels),
+            "fd": proxy.frechet(images),
+        }
+    return {"classifier": classifier, "cfg": cfg, "peers": peers, "unguided_wall_s": t_free}
+
+
+def _grad(clf, x, t):
+    with torch.enable_grad():
+        xi = x.clone().requires_grad_(True)
+        return torch.autograd.grad(clf(xi, t).logsumexp(1).sum(), xi)[0]
+
+
+def run_benchmark(quick: bool = True, *, threads: int = 2, seed: int = 0) -> dict:
+    """Run everything (``quick``: 20-step AMG, 2 seeds, 20 digits per run, 3 timing repeats; full: 50 steps,
+    4 seeds, 100 digits, 7 repeats) and return the spec's JSON object."""
+    import diffusers
+
+    from . import __version__
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    repeats = 3 if quick else 7
+    amg_result = _amg_part(quick, repeats)
+    compress_result = _compress_part(quick, repeats)
+    cg = compress_result["classifier"]
+    return {
+        "package": "guidance-kit",
+        "version": __version__,
+        "quick": quick,
+        "device": "cpu",
+        "threads": threads,
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "cache": "shipped testbed weights (no training)",
+        "diffusers": diffusers.__version__,
+        "amg": amg_result,
+        "compress": compress_result,
+        "targets": {
+            "amg_overhead_le_1_10": amg_result["overhead_ratio_no_detection"] <= 1.10,
+            "amg_memorization_halved": amg_result["memorized_fraction_after"]
+            <= 0.5 * amg_result["memorized_fraction_before"],
+            "compress_cg_wall_ratio_le_0_6": cg["wall_time_ratio"] <= 0.6,
+            "compress_cg_quality_within_0_02": cg["acc_off_compress"] >= cg["acc_off_full"] - 0.02,
+        },
+    }
