@@ -106,6 +106,9 @@ def test_mitigation_figures_are_recomputed_from_the_verdict_rows(demo):
         assert figures[f"memorized_fraction_after_{tag}"] == pytest.approx(float(np.mean(copied)))
     # prompt-embedding optimisation on flagged prompts removes most copies on this testbed
     assert figures["memorized_fraction_after_be_pe"] < figures["memorized_fraction_before"]
+    # AMG's whole-image detector removes the whole-photo copies among the flagged prompts
+    assert figures["n_mitigated_global"] >= 1
+    assert figures["memorized_fraction_after_amg_global"] < figures["memorized_fraction_before_global"]
 
 
 def test_the_demo_prints_the_report_and_headline_figures(demo):

@@ -67,7 +67,9 @@ def main(
 @app.command()
 @_clean_errors
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="20 steps, 1 image per prompt, ≤ 8 prompts mitigated"),
+    quick: bool = typer.Option(
+        False, "--quick", help="20 steps and 1 image per prompt (full: 50 steps, 2 images)"
+    ),
     out: Path = typer.Option(
         Path("memguard-demo"), "--out", "-o", help="folder for the report and the cache"
     ),
@@ -82,7 +84,7 @@ def demo(
     max_mitigated: int | None = typer.Option(
         None,
         "--max-mitigated",
-        help="mitigate at most this many flagged prompts (default: 8 quick, all full)",
+        help="mitigate at most this many flagged prompts (default: all)",
     ),
     mitigations: str = typer.Option("be-pe,amg", "--mitigations", help="comma list of be-pe, pe and amg"),
     video: bool = typer.Option(True, "--video/--no-video", help="also audit the planted video testbed"),
@@ -121,7 +123,11 @@ def demo(
     )
     for m in cfg.mitigations:
         tag = m.replace("-", "_")
-        typer.echo(f"  ... after {m}: {_fmt(f.get(f'memorized_fraction_after_{tag}'))}")
+        typer.echo(
+            f"  ... after {m}: {_fmt(f.get(f'memorized_fraction_after_{tag}'))} "
+            f"(whole-image copies {_fmt(f.get(f'memorized_fraction_after_{tag}_global'))}, "
+            f"patch copies {_fmt(f.get(f'memorized_fraction_after_{tag}_local'))})"
+        )
     if video:
         typer.echo(
             f"  videos: content-copy recall {_fmt(f['video_content_recall'])}, motion-copy recall "

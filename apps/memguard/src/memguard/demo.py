@@ -28,8 +28,9 @@ MITIGATIONS = ("be-pe", "pe", "amg")
 
 @dataclass
 class DemoConfig:
-    """Demo settings. ``None`` picks the mode's default: quick = 20 steps, 1 image per prompt, at most 8
-    flagged prompts mitigated; full = the testbed's audit setting (50 DDIM steps), 2 images, all flagged."""
+    """Demo settings. ``None`` picks the mode's default: quick = 20 steps, 1 image per prompt; full = the
+    testbed's audit setting (50 DDIM steps), 2 images per prompt. Every flagged prompt is mitigated unless
+    ``max_mitigated`` caps them (highest scores first)."""
 
     out: Path = Path("memguard-demo")
     quick: bool = False
@@ -53,8 +54,6 @@ class DemoConfig:
         cfg = DemoConfig(**asdict(self))
         cfg.steps = cfg.steps or (20 if cfg.quick else audit_steps)
         cfg.images_per_prompt = cfg.images_per_prompt or (1 if cfg.quick else 2)
-        if cfg.max_mitigated is None and cfg.quick:
-            cfg.max_mitigated = 8
         if cfg.steps < 2:
             raise DifflabError(f"steps must be ≥ 2, got {cfg.steps}")
         if cfg.flag_method not in DETECTORS:
@@ -294,11 +293,12 @@ def _prompt_embedding(masked: bool):
 
 
 def _amg(tb, cfg: DemoConfig, run, records, rec, context, work):
-    from guidance_kit import AMGConfig, generate_with_amg
+    from guidance_kit import generate_with_amg
     from mem_locate.localize import draw_latents
 
     if "amg_index" not in context:
         context["amg_index"], context["amg_captions"] = _amg_index(tb, work)
+        context["amg_config"] = _amg_config(tb, cfg, work, context["amg_index"])
     latents, _ = draw_latents(tb.pipe, [rec["seed"]], cfg.images_per_prompt)  # the audit's initial noise
     result = generate_with_amg(
         tb.pipe,
@@ -306,7 +306,7 @@ def _amg(tb, cfg: DemoConfig, run, records, rec, context, work):
         index=context["amg_index"],
         captions=context["amg_captions"],
         seeds=[rec["seed"]],
-        config=AMGConfig(),
+        config=context["amg_config"],
         latents=latents,
         num_inference_steps=cfg.steps,
         guidance_scale=tb.audit.guidance_scale,
@@ -315,6 +315,26 @@ def _amg(tb, cfg: DemoConfig, run, records, rec, context, work):
         name: sum(bool(getattr(r, f"fired_{name}")) for r in result.records) for name in ("spe", "dup", "sim")
     }
     return result.images, {"amg_fired_steps": fired, "triggered": any(fired.values())}
+
+
+def _amg_config(tb, cfg: DemoConfig, work: Path, index):
+    """AMG's detection floor calibrated on the testbed's novel prompts (guidance-kit `calibrate`: the 99%
+    quantile of σ on clean generations), cached beside the mitigation rows."""
+    from guidance_kit import AMGConfig, calibrate
+
+    path = work / "amg-calibration.json"
+    if path.is_file():
+        return AMGConfig(lambda_floor=json.loads(path.read_text())["lambda_floor"])
+    config = calibrate(
+        tb.pipe,
+        index,
+        tb.prompts("none")[:8],
+        seeds=[10_000],
+        num_inference_steps=cfg.steps,
+        guidance_scale=tb.audit.guidance_scale,
+    )
+    path.write_text(json.dumps({"lambda_floor": config.lambda_floor, "clean_prompts": 8, "seed": 10_000}))
+    return config
 
 
 def _amg_index(tb, work: Path):
@@ -337,6 +357,12 @@ def _before_after(records, verdicts_before: dict, mitigation: dict, flags: dict)
     out: dict[str, Any] = {"n_mitigated": len(keys)}
     before = [c for k in keys for c in verdicts_before[k]]
     out["memorized_fraction_before"] = float(np.mean(before)) if before else None
+    by_kind = {r["key"]: r["kind"] for r in records}
+    for kind in ("global", "local"):
+        ks = [k for k in keys if by_kind[k] == kind]
+        out[f"n_mitigated_{kind}"] = len(ks)
+        got = [c for k in ks for c in verdicts_before[k]]
+        out[f"memorized_fraction_before_{kind}"] = float(np.mean(got)) if got else None
     all_before = [c for r in records for c in verdicts_before[r["key"]]]
     out["testbed_memorized_fraction_before"] = float(np.mean(all_before))
     methods = sorted({row["method"] for row in mitigation.values()})
@@ -349,6 +375,10 @@ def _before_after(records, verdicts_before: dict, mitigation: dict, flags: dict)
             row = mitigation.get(f"{method}/{r['key']}")
             whole.extend(row["copied"] if row else verdicts_before[r["key"]])
         out[f"testbed_memorized_fraction_after_{tag}"] = float(np.mean(whole))
+        for kind in ("global", "local"):
+            ks = [k for k in keys if by_kind[k] == kind]
+            got = [c for k in ks for c in mitigation.get(f"{method}/{k}", {}).get("copied", [])]
+            out[f"memorized_fraction_after_{tag}_{kind}"] = float(np.mean(got)) if got else None
         if method == "amg":
             out["amg_fired_prompts"] = int(sum(bool(mitigation[f"amg/{k}"].get("triggered")) for k in keys))
         else:
