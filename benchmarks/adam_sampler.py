@@ -1,21 +1,25 @@
 """Benchmark adam-sampler (AMS) against DDIM and DPM-Solver++ on the shipped digits DDPM; prints one JSON object.
 
-    python benchmarks/adam_sampler.py [--quick] [--device auto] [--seeds 3] [--n 899] [--spacing leading]
+    python benchmarks/adam_sampler.py [--quick] [--device cpu] [--seeds 3] [--n 899] [--nfe 10,20,50]
+        [--spacing leading] [--store DIR [--rank R] [--samplers a,b,...]]
 
 Model: ``difflab_core.testbed.digits_ddpm()`` (unconditional ε-prediction UNet2DModel, 16×16×1, 1000-step cosine
 schedule; shipped weights, no training). Base config: that model's scheduler config with ``clip_sample=False``
 (the official AMS code does not clip; ``--clip-sample`` turns it on for every sampler). Every sampler is built
 with ``from_config`` from it and the same ``timestep_spacing``.
 
-Proxy: Fréchet distance in the 128-d penultimate features of ``digits_classifier()`` — a proxy, not FID.
-Matched sizes: a fixed permutation splits the 1797 real digits into halves A (899) and B (898); every cell
-compares ``n`` generated samples with A; ``real_vs_real_fid`` = FD(B, A) is the floor at that size.
+Quality: `adam_sampler.compare_samplers`, Fréchet distance in the 128-d penultimate features of
+``digits_classifier()`` — a proxy, not FID. Matched sizes: a fixed permutation splits the 1797 real digits into
+halves A (899) and B (898); every cell compares ``n`` generated samples (x_T from seed 0, 1, ...) with A;
+``real_vs_real_fid`` = FD(B, A) is the floor at that size. ``--store DIR`` keeps every (sampler, NFE, seed) cell in
+a resumable JSONL; ``--samplers`` computes only those cells (and prints a partial JSON) and ``--rank R`` writes
+shard R, so a full run can be split over processes that share one store and then assembled by a plain run.
 
-Overhead: wall time of a full sampling loop (UNet + step) at ``--overhead-batch``, median over repeats after a
-warm-up, as a ratio to DDIM; the samplers are interleaved step by step (lock-step) so load drift cancels; ``scheduler_only_ratio`` is the same loop with a fixed model_output.
+Overhead: see `_overhead` (lock-step interleaved repeats after a warm-up, median of per-step paired ratios,
+thread CPU time on the CPU so other processes on a shared machine do not count).
 
-``--quick`` (< 60 s on 2 CPU cores): 128 samples, 1 seed, NFE 10 only, samplers DDIM / AMS momentum /
-AMS adam (b2 0.9) / DPM-Solver++, no sweep, η = 0 only; overhead on a 10-step loop at batch 32 with 7 repeats;
+``--quick`` (< 60 s on 2 idle CPU cores): 128 samples, 1 seed, NFE 10 only, samplers DDIM / AMS momentum /
+AMS adam (b2 0.9) / DPM-Solver++, no sweep, η = 0 only; overhead on a 10-step loop at batch 16 with 3 repeats (30 paired steps);
 quality values carry ``"quality_meaningful": false`` and only overhead and equivalence targets are checked.
 """
 
@@ -45,35 +49,24 @@ TARGETS = {
 }
 
 
-def _samplers(base: dict, spacing: str, quick: bool) -> dict:
-    """name -> (factory, eta passed to step or None)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+def _samplers(quick: bool) -> dict:
+    """The benchmark's samplers (spec §6) as `SchedulerSpec`s, keyed by their JSON names."""
+    from adam_sampler import SchedulerSpec
 
-    from adam_sampler import AdaptiveMomentumScheduler as AMS
-
-    cfg = {**base, "timestep_spacing": spacing}
-
-    def ams(**kw):
-        return lambda: AMS.from_config(cfg, **kw)
-
+    adam = {"method": "adam", "second_moment_norm": "image"}
     out = {
-        "ddim": (lambda: DDIMScheduler.from_config(cfg), 0.0),
-        "ams_momentum": (ams(), 0.0),
-        "ams_adam_b2_09": (ams(method="adam", second_moment_norm="image", b2=0.9), 0.0),
-        "dpmsolverpp": (
-            lambda: DPMSolverMultistepScheduler.from_config(
-                cfg, algorithm_type="dpmsolver++", solver_order=2
-            ),
-            None,
-        ),
+        "ddim": SchedulerSpec("ddim", eta=0.0),
+        "ams_momentum": SchedulerSpec("ams", eta=0.0),
+        "ams_adam_b2_09": SchedulerSpec("ams", {**adam, "b2": 0.9}, eta=0.0),
+        "dpmsolverpp": SchedulerSpec("dpmsolver++"),
     }
     if not quick:
         out |= {
-            "ams_adam_b2_0999": (ams(method="adam", second_moment_norm="image", b2=0.999), 0.0),
-            "ddpm_small_eta1": (lambda: DDIMScheduler.from_config(cfg), 1.0),
-            "ams_eta1": (ams(), 1.0),
-            "ams_sweep_0.3": (ams(b1_max=0.3), 0.0),
-            "ams_sweep_0.5": (ams(b1_max=0.5), 0.0),
+            "ams_adam_b2_0999": SchedulerSpec("ams", {**adam, "b2": 0.999}, eta=0.0),
+            "ddpm_small_eta1": SchedulerSpec("ddim", eta=1.0),
+            "ams_eta1": SchedulerSpec("ams", eta=1.0),
+            "ams_sweep_0.3": SchedulerSpec("ams", {"b1_max": 0.3}, eta=0.0),
+            "ams_sweep_0.5": SchedulerSpec("ams", {"b1_max": 0.5}, eta=0.0),
         }
     return out
 
@@ -89,6 +82,18 @@ def _loop(unet, sched, x, steps, eta, fixed_output=None):
 
 
 def _overhead(unet, base, device, steps, batch, repeats) -> dict:
+    """Full-loop wall time (UNet + step) of DDIM, AMS momentum and AMS adam, robust to machine load.
+
+    After one warm-up loop, every repeat runs the three samplers in lock-step: at each step index they do
+    UNet + ``step`` back to back on their own trajectories (order rotated per step and repeat), so a burst of
+    load from other processes hits one step of one sampler, not a whole loop. Each (repeat, step) gives paired
+    ratios AMS / DDIM; ``ratio_*`` is their median (the loop cost ratio, as all steps cost the same).
+    On the CPU the clock is this thread's CPU time (``time.thread_time``; torch runs on 1 thread), so time
+    the OS gives to other processes on a shared machine is not counted; ``wall_ratio_*`` is the same median
+    on wall time. On CUDA both are wall time after a synchronize. ``loop_ratio_*`` is the median over repeats
+    of paired whole-loop ratios, ``*_ms_per_step`` medians of loop times (wall). ``scheduler_only_ratio`` is
+    the same measurement of ``step`` alone (a fixed ``model_output``).
+    """
     from diffusers import DDIMScheduler
 
     from adam_sampler import AdaptiveMomentumScheduler as AMS
@@ -98,62 +103,72 @@ def _overhead(unet, base, device, steps, batch, repeats) -> dict:
         "ams": AMS.from_config(base),
         "adam": AMS.from_config(base, method="adam", second_moment_norm="image"),
     }
-    x = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(0)).to(device)
+    names = list(scheds)
+    size = unet.config.sample_size
+    x = torch.randn(batch, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
     fixed = 0.1 * torch.randn_like(x)
 
-    def timed(name, fixed_output=None):
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        _loop(unet, scheds[name], x, steps, 0.0, fixed_output)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
 
-    for name in scheds:  # warm-up
-        timed(name)
-    # lock-step interleaving: at every step index the three samplers run UNet + step back to back (order rotated),
-    # so machine-load drift hits all of them alike; each repeat sums a full loop's wall time per sampler
-    names = list(scheds)
-    full = {name: [] for name in scheds}
-    with torch.no_grad():
-        for r in range(repeats):
-            xs = dict.fromkeys(names, x)
-            spent = dict.fromkeys(names, 0.0)
-            for sched in scheds.values():
-                sched.set_timesteps(steps)
-            for i in range(steps):
-                rot = (r + i) % len(names)
-                for name in names[rot:] + names[:rot]:
-                    t = scheds[name].timesteps[i]
-                    t0 = time.perf_counter()
-                    xs[name] = scheds[name].step(unet(xs[name], t).sample, t, xs[name], eta=0.0).prev_sample
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    spent[name] += time.perf_counter() - t0
-            for name in names:
-                full[name].append(spent[name])
-    sched_only = {"ddim": [], "ams": []}
-    for _ in range(max(repeats, 5)):
-        for name in sched_only:
-            sched_only[name].append(timed(name, fixed))
-    med = {k: statistics.median(v) for k, v in full.items()}
+    cpu_clock = time.thread_time if device.type == "cpu" else time.perf_counter
+
+    @torch.no_grad()
+    def lockstep(rep: int, fixed_output=None) -> list[dict]:
+        """Per step: {name: CPU seconds, (name, "wall"): wall seconds} of UNet + step."""
+        xs = dict.fromkeys(names, x)
+        for sched in scheds.values():
+            sched.set_timesteps(steps)
+        per_step = []
+        for i in range(steps):
+            spent = {}
+            rot = (rep + i) % len(names)
+            for name in names[rot:] + names[:rot]:
+                sched = scheds[name]
+                t = sched.timesteps[i]
+                sync()
+                w0, c0 = time.perf_counter(), cpu_clock()
+                out = unet(xs[name], t).sample if fixed_output is None else fixed_output
+                xs[name] = sched.step(out, t, xs[name], eta=0.0).prev_sample
+                sync()
+                spent[name], spent[name, "wall"] = cpu_clock() - c0, time.perf_counter() - w0
+            per_step.append(spent)
+        return per_step
+
+    lockstep(0)  # warm-up
+    full = [lockstep(r) for r in range(repeats)]
+    sched_only = [lockstep(r, fixed) for r in range(max(repeats, 7))]
+
+    def step_ratio(runs, name, clock=None):
+        a, b = (name, "ddim") if clock is None else ((name, clock), ("ddim", clock))
+        return statistics.median(s[a] / s[b] for run in runs for s in run)
+
+    def loop_ratio(runs, name):
+        return statistics.median(sum(s[name] for s in run) / sum(s["ddim"] for s in run) for run in runs)
+
+    def ms_per_step(runs, name):
+        return 1000 * statistics.median(sum(s[name, "wall"] for s in run) for run in runs) / steps
+
     return {
         "nfe": steps,
         "batch": batch,
         "repeats": repeats,
-        "ddim_ms_per_step": 1000 * med["ddim"] / steps,
-        "ams_ms_per_step": 1000 * med["ams"] / steps,
-        "adam_ms_per_step": 1000 * med["adam"] / steps,
-        "ratio_momentum": med["ams"] / med["ddim"],
-        "ratio_adam": med["adam"] / med["ddim"],
-        "paired_median_ratio_momentum": statistics.median(
-            a / d for a, d in zip(full["ams"], full["ddim"], strict=True)
-        ),
-        "paired_median_ratio_adam": statistics.median(
-            a / d for a, d in zip(full["adam"], full["ddim"], strict=True)
-        ),
-        "scheduler_only_ratio": statistics.median(sched_only["ams"]) / statistics.median(sched_only["ddim"]),
+        "method": "median of per-step paired ratios (lock-step interleaved repeats, 1 warm-up)",
+        "clock": "thread CPU time" if device.type == "cpu" else "wall (synchronized)",
+        "ddim_ms_per_step": ms_per_step(full, "ddim"),
+        "ams_ms_per_step": ms_per_step(full, "ams"),
+        "adam_ms_per_step": ms_per_step(full, "adam"),
+        "ratio_momentum": step_ratio(full, "ams"),
+        "ratio_adam": step_ratio(full, "adam"),
+        "wall_ratio_momentum": step_ratio(full, "ams", "wall"),
+        "wall_ratio_adam": step_ratio(full, "adam", "wall"),
+        "loop_ratio_momentum": loop_ratio(full, "ams"),
+        "loop_ratio_adam": loop_ratio(full, "adam"),
+        "scheduler_only_ratio": step_ratio(sched_only, "ams"),
+        "scheduler_only_extra_ms_per_step": 1000
+        * statistics.median(s["ams"] - s["ddim"] for run in sched_only for s in run),
     }
 
 
@@ -166,8 +181,8 @@ def _equivalence(unet, base, device) -> dict:
 
     def run(sched, eta, seed=0, steps=10, trace=None):
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(16, 1, 16, 16, generator=g).to(device)
-        noises = [torch.randn(16, 1, 16, 16, generator=g).to(device) for _ in range(steps)]
+        x = torch.randn(8, 1, 16, 16, generator=g).to(device)
+        noises = [torch.randn(8, 1, 16, 16, generator=g).to(device) for _ in range(steps)]
         sched.set_timesteps(steps)
         for i, t in enumerate(sched.timesteps):
             out = unet(x, t).sample
@@ -215,8 +230,40 @@ def _equivalence(unet, base, device) -> dict:
     }
 
 
-def _mean_std(values):
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+def _quality(model, base, args, quick: bool, device) -> dict:
+    """Proxy FD per (sampler, NFE) through `compare_samplers`, with the matched-halves floor (spec §6)."""
+    from adam_sampler import compare_samplers
+    from adam_sampler.compare import feature_stats, frechet_from_stats
+    from adam_sampler.features import digits_features
+    from difflab_core.testbed import real_digits
+
+    samplers = _samplers(quick)
+    if args.samplers:
+        wanted = args.samplers.split(",")
+        unknown = sorted(set(wanted) - set(samplers))
+        if unknown:
+            raise SystemExit(f"--samplers: unknown {unknown}; choose from {sorted(samplers)}")
+        samplers = {k: v for k, v in samplers.items() if k in wanted}
+    features = digits_features(device)
+    real, _ = real_digits()
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    stats_a = feature_stats(features(real[perm[:899]]))
+    floor = frechet_from_stats(*feature_stats(features(real[perm[899:]])), *stats_a)
+    result = compare_samplers(
+        model.unet,
+        {**base, "timestep_spacing": args.spacing},
+        samplers,
+        (10,) if quick else tuple(int(v) for v in args.nfe.split(",")),
+        n=128 if quick else args.n,
+        seeds=(0,) if quick else tuple(range(args.seeds)),
+        feature_fn=features,
+        real_stats=stats_a,
+        reference="ddim" if "ddim" in samplers else None,
+        out_dir=args.store,
+        rank=args.rank,
+        run_tag=f"digits_ddpm/digits-proxy-halfA/spacing={args.spacing}",
+    )
+    return {"floor": floor, "n_reference": 899, **result}
 
 
 def main() -> None:
@@ -231,76 +278,67 @@ def main() -> None:
     parser.add_argument("--overhead-batch", type=int, default=64)
     parser.add_argument("--overhead-nfe", type=int, default=50)
     parser.add_argument("--overhead-repeats", type=int, default=7)
+    parser.add_argument("--store", default=None, help="folder for resumable quality cells (JSONL)")
+    parser.add_argument("--rank", type=int, default=None, help="shard of --store this process writes")
+    parser.add_argument("--samplers", default="", help="comma list: compute only these cells (partial JSON)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     start = time.perf_counter()
 
     import adam_sampler
-    from adam_sampler.compare import sample
     from difflab_core.device import resolve_device
-    from difflab_core.testbed import digits_classifier, digits_ddpm, real_digits
+    from difflab_core.testbed import digits_classifier, digits_ddpm
 
     device = resolve_device(args.device)
     quick = args.quick
-    n = 128 if quick else args.n
-    seeds = [0] if quick else list(range(args.seeds))
-    nfes = (10,) if quick else tuple(int(v) for v in args.nfe.split(","))
-    ov_nfe, ov_batch, ov_rep = (
-        (10, 32, 7) if quick else (args.overhead_nfe, args.overhead_batch, args.overhead_repeats)
-    )
-
     model = digits_ddpm(device=device)
-    unet = model.unet
-    proxy = digits_classifier(device=device)
     base = {**dict(model.scheduler.config), "clip_sample": bool(args.clip_sample)}
     base = {k: v for k, v in base.items() if not k.startswith("_")}
-
-    real, _ = real_digits()
-    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
-    half_a, half_b = real[perm[:899]], real[perm[899:]]
-    feats_a = proxy.features(half_a)
-    from difflab_core.metrics import frechet_distance
-
-    def fd(images):
-        return frechet_distance(proxy.features(images).double().numpy(), feats_a.double().numpy())
-
-    floor = fd(half_b)
-    samplers = _samplers(base, args.spacing, quick)
-    fid: dict = {}
-    for name, (factory, eta) in samplers.items():
-        cells = {}
-        for nfe in nfes:
-            values = []
-            for seed in seeds:
-                g = torch.Generator().manual_seed(1000 + seed)
-                x = sample(unet, factory(), n, nfe, generator=g, batch_size=256, eta=eta)
-                values.append(fd(((x + 1) / 2).clamp(0, 1)))
-            cells[str(nfe)] = _mean_std(values)
-        fid[name] = cells
+    quality = _quality(model, base, args, quick, device)
+    fid = quality["fid"]
+    head = {
+        "package": "adam-sampler",
+        "version": adam_sampler.__version__,
+        "quick": quick,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seeds": [0] if quick else list(range(args.seeds)),
+        "spacing": args.spacing,
+    }
+    if args.samplers:
+        partial = {"partial": True, "fid": fid, "resumed_cells": quality["resumed"]}
+        print(json.dumps({**head, **partial, "elapsed_s": time.perf_counter() - start}, indent=1))
+        return
     fid["ams_sweep"] = {
         "0.1": fid["ams_momentum"],
         **{b: fid.pop(f"ams_sweep_{b}") for b in ("0.3", "0.5") if f"ams_sweep_{b}" in fid},
     }
-
-    def ratio(a, b):
-        return {k: fid[a][k]["mean"] / fid[b][k]["mean"] for k in fid[b]}
-
+    rel = quality["ratios"]
     ratios = {
-        "ams_vs_ddim": ratio("ams_momentum", "ddim"),
-        "adam_vs_ddim": ratio("ams_adam_b2_09", "ddim"),
-        "dpmsolverpp_vs_ddim": ratio("dpmsolverpp", "ddim"),
+        "ams_vs_ddim": rel["ams_momentum"],
+        "adam_vs_ddim": rel["ams_adam_b2_09"],
+        "dpmsolverpp_vs_ddim": rel["dpmsolverpp"],
     }
     if not quick:
-        ratios["adam_b2_0999_vs_ddim"] = ratio("ams_adam_b2_0999", "ddim")
-        ratios["ams_eta1_vs_ddpm_small"] = ratio("ams_eta1", "ddpm_small_eta1")
-        ratios["ams_sweep_vs_ddim"] = {
-            b: {k: fid["ams_sweep"][b][k]["mean"] / fid["ddim"][k]["mean"] for k in fid["ddim"]}
-            for b in fid["ams_sweep"]
+        ratios["adam_b2_0999_vs_ddim"] = rel["ams_adam_b2_0999"]
+        ratios["ams_eta1_vs_ddpm_small"] = {
+            k: fid["ams_eta1"][k]["mean"] / fid["ddpm_small_eta1"][k]["mean"] for k in fid["ams_eta1"]
         }
+        ratios["ddpm_small_vs_ddim"] = rel["ddpm_small_eta1"]
+        ratios["ams_sweep_vs_ddim"] = {
+            "0.1": rel["ams_momentum"],
+            **{b: rel[f"ams_sweep_{b}"] for b in ("0.3", "0.5")},
+        }
+    for cells in (*fid.values(), *fid["ams_sweep"].values()):
+        for cell in cells.values():
+            cell.pop("values", None)
 
-    overhead = _overhead(unet, base, device, ov_nfe, ov_batch, ov_rep)
-    equivalence = _equivalence(unet, base, device)
+    ov_nfe, ov_batch, ov_rep = (
+        (10, 16, 3) if quick else (args.overhead_nfe, args.overhead_batch, args.overhead_repeats)
+    )
+    overhead = _overhead(model.unet, base, device, ov_nfe, ov_batch, ov_rep)
+    equivalence = _equivalence(model.unet, base, device)
     passed = {
         "overhead.ratio_momentum": overhead["ratio_momentum"] <= 1.03,
         "overhead.ratio_adam": overhead["ratio_adam"] <= 1.05,
@@ -310,34 +348,30 @@ def main() -> None:
     }
     if not quick:
         passed["ratios.ams_vs_ddim"] = all(v <= 1.10 for v in ratios["ams_vs_ddim"].values())
+    proxy = digits_classifier()
     result = {
-        "package": "adam-sampler",
-        "version": adam_sampler.__version__,
-        "quick": quick,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "seeds": seeds,
-        "spacing": args.spacing,
+        **head,
         "base_config": {
             k: base[k] for k in ("beta_schedule", "num_train_timesteps", "prediction_type", "clip_sample")
         },
         "model": {
             "source": "difflab_core.testbed.digits_ddpm()",
             "train_steps": model.card.get("recipe", {}).get("max_steps"),
-            "params": sum(p.numel() for p in unet.parameters()),
+            "params": sum(p.numel() for p in model.unet.parameters()),
             "cached": True,
         },
         "proxy": {
             "name": "digits_classifier penultimate-feature Fréchet distance (not FID)",
             "classifier_acc": proxy.card.get("heldout_accuracy"),
-            "feature_dim": int(feats_a.shape[1]),
-            "n_samples": n,
-            "n_reference": len(half_a),
-            "real_vs_real_fid": floor,
+            "feature_dim": 128,
+            "n_samples": 128 if quick else args.n,
+            "n_reference": quality["n_reference"],
+            "real_vs_real_fid": quality["floor"],
             "quality_meaningful": not quick,
         },
         "fid": fid,
         "ratios": ratios,
+        "resumed_cells": quality["resumed"],
         "overhead": overhead,
         "equivalence": equivalence,
         "targets": TARGETS,

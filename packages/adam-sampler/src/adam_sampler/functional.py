@@ -13,12 +13,28 @@ import torch
 __all__ = ["lambda_schedule", "momentum_coefficients", "momentum_update", "second_moment_update"]
 
 B1_FORMS = ("sin2", "sincos")
+B1_SCHEDULES = ("linear", "cosine", "constant")
 SECOND_MOMENT_NORMS = ("channel", "image")
 
 
-def lambda_schedule(num_steps: int, b1_min: float, b1_max: float, ascending: bool = True) -> np.ndarray:
-    """λ_k = ``linspace(b1_min, b1_max, S)[k]`` (k = 0 is the noisiest step); reversed when not ascending."""
-    lam = np.linspace(b1_min, b1_max, num_steps, dtype=np.float64)
+def lambda_schedule(
+    num_steps: int, b1_min: float, b1_max: float, ascending: bool = True, shape: str = "linear"
+) -> np.ndarray:
+    """λ_k for k = 0 … S−1 (k = 0 is the noisiest executed step), float64 ``[S]``.
+
+    ``"linear"`` (official): ``linspace(b1_min, b1_max, S)``; ``"cosine"``: b1_min + (b1_max − b1_min)·
+    (1 − cos(πk/(S−1)))/2 (same ends, slower start); ``"constant"``: b1_max everywhere (no λ₀ = 0, so the first
+    step is no longer DDIM's). ``ascending=False`` reverses the schedule.
+    """
+    if shape == "linear":
+        lam = np.linspace(b1_min, b1_max, num_steps, dtype=np.float64)
+    elif shape == "cosine":
+        k = np.arange(num_steps, dtype=np.float64) / max(num_steps - 1, 1)
+        lam = b1_min + (b1_max - b1_min) * (1.0 - np.cos(np.pi * k)) / 2.0
+    elif shape == "constant":
+        lam = np.full(num_steps, b1_max, dtype=np.float64)
+    else:
+        raise ValueError(f"b1_schedule={shape!r}: use one of {B1_SCHEDULES}")
     return lam if ascending else lam[::-1].copy()
 
 
@@ -38,9 +54,14 @@ def momentum_coefficients(lam: float, form: str = "sin2") -> tuple[float, float]
 
 
 def momentum_update(m: torch.Tensor, d: torch.Tensor, lam: float, form: str = "sin2") -> torch.Tensor:
-    """First moment (spec §2 b): the EMA of increments, ``m_k = a·m_{k−1} + b·d_k``."""
+    """First moment (spec §2 b): the EMA of increments, ``m_k = a·m_{k−1} + b·d_k``.
+
+    At λ = 0 (a = 0, b = 1) it returns ``d`` itself: exactly m = d, with no copy.
+    """
     a, b = momentum_coefficients(lam, form)
-    return a * m + b * d
+    if a == 0.0 and b == 1.0:
+        return d
+    return torch.add(m * a, d, alpha=b)
 
 
 def second_moment_update(
@@ -58,4 +79,4 @@ def second_moment_update(
     else:
         raise ValueError(f"second_moment_norm={norm!r}: use one of {SECOND_MOMENT_NORMS}")
     n = d / length.clamp_min(1e-12)
-    return torch.sqrt(b2 * v + (1.0 - b2) * n * n) + eps
+    return torch.addcmul(v * b2, n, n, value=1.0 - b2).sqrt_().add_(eps)

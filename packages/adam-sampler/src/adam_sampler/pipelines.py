@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import AdamSamplerError
 from .scheduling_ams import AdaptiveMomentumScheduler
 
-__all__ = ["check_model_dir", "load_pipeline", "make_pipeline", "save_pipeline"]
+__all__ = ["check_model_dir", "load_pipeline", "load_unconditional", "make_pipeline", "save_pipeline"]
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -69,3 +69,25 @@ def save_pipeline(pipe, directory: str | Path) -> Path:
 def load_pipeline(directory: str | Path, **overrides):
     """Load a folder written by `save_pipeline` with its AMS scheduler (``overrides`` change its config)."""
     return make_pipeline(directory, **overrides)
+
+
+def load_unconditional(model_dir: str | Path, device: str = "auto"):
+    """(``UNet2DModel``, scheduler config dict) of a local unconditional pipeline folder (e.g. `DDPMPipeline`).
+
+    Text-conditioned folders (with a ``text_encoder``) are refused: `compare_samplers` samples unconditionally.
+    """
+    from diffusers import UNet2DModel
+
+    from difflab_core.device import resolve_device
+    from difflab_core.loading import read_json
+
+    path = check_model_dir(model_dir)
+    index = read_json(path / "model_index.json")
+    if "text_encoder" in index or "unet" not in index or "scheduler" not in index:
+        raise AdamSamplerError(
+            f"model={path}: compare needs an unconditional pipeline folder with unet/ and scheduler/ "
+            f"(e.g. a DDPMPipeline); this one is a {index.get('_class_name', 'unknown pipeline')}"
+        )
+    config = read_json(path / "scheduler" / "scheduler_config.json")
+    unet = UNet2DModel.from_pretrained(path / "unet").to(resolve_device(device)).eval().requires_grad_(False)
+    return unet, {k: v for k, v in config.items() if not k.startswith("_")}

@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .errors import AdamSamplerError
 from .functional import (
     B1_FORMS,
+    B1_SCHEDULES,
     SECOND_MOMENT_NORMS,
     lambda_schedule,
     momentum_update,
@@ -42,7 +43,7 @@ __all__ = ["METHODS", "PRESETS", "AdaptiveMomentumScheduler", "AdaptiveMomentumS
 logger = logging.getLogger(__name__)
 
 METHODS = ("none", "momentum", "rms", "adam")
-BASE_SAMPLERS = ("ddim",)
+BASE_SAMPLERS = ("ddim", "ddpm_large")
 SPACINGS = ("leading", "trailing", "linspace", "quad")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -58,7 +59,7 @@ PRESETS: dict[str, dict] = {
         "eta": 1.0,
         "clip_sample": False,
     },
-    # CIFAR-10 config: adds the DDIM-repo quadratic grid
+    # CIFAR-10 config: adds the DDIM-repo quadratic grid and the code's λ index on it
     "official-cifar10": {
         "method": "momentum",
         "b1_min": 0.0,
@@ -66,8 +67,9 @@ PRESETS: dict[str, dict] = {
         "eta": 1.0,
         "clip_sample": False,
         "timestep_spacing": "quad",
+        "legacy_lambda_index": True,
     },
-    # the Adam variant (first and second moment); "image" norm keeps it active for C = 1
+    # the Adam variant (first and second moment, with the code's channel norm: inactive for C = 1)
     "adam": {"method": "adam", "b1_min": 0.0, "b1_max": 0.1, "b2": 0.999},
 }
 
@@ -95,8 +97,12 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
     - ``b1_form``: ``"sin2"`` (β₁ = sin²(λπ/2), official ``b1_m = 2``) or ``"sincos"``; ``b1_ascending``.
     - ``b2`` (0.999), ``second_moment_eps`` (1e-8), ``second_moment_norm`` (``"channel"`` official, ``"image"``).
     - ``eta``: the base step's η (0 = DDIM, 1 = DDPM fixed-small); ``step(eta=...)`` overrides it.
-    - ``base_sampler``: ``"ddim"`` (``"ddpm_large"`` of the spec is not implemented).
+    - ``base_sampler``: ``"ddim"`` (η-DDIM, bit-exact `DDIMScheduler` ops) or ``"ddpm_large"`` (DDPM posterior
+      mean with variance β̃, `DDPMScheduler(variance_type="fixed_large")` ops; the code's η = 2; needs eta = 0).
     - ``prev_timestep_rule``: ``"grid"`` (next grid entry, official) or ``"ddim"`` (t − T//S).
+    - ``legacy_lambda_index``: index λ by ``int((T − 1 − t)/(T/S))`` as the official code (misaligned on the quad
+      grid) instead of the position in the executed trajectory.
+    - ``b1_schedule``: ``"linear"`` (official), ``"cosine"`` or ``"constant"`` λ over the steps (for sweeps).
     """
 
     _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
@@ -132,6 +138,7 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
         base_sampler: str = "ddim",
         prev_timestep_rule: str = "grid",
         legacy_lambda_index: bool = False,
+        b1_schedule: str = "linear",
     ):
         self._validate_config()
         if trained_betas is not None:
@@ -153,6 +160,7 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64))
         self._prev_timesteps: list[int] = []
+        self._grid: list[int] = []
         self._warned: set[str] = set()
         self._reset_state()
         if clip_sample:
@@ -171,16 +179,13 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
             "timestep_spacing": SPACINGS,
             "prediction_type": PREDICTION_TYPES,
             "prev_timestep_rule": PREV_RULES,
+            "b1_schedule": B1_SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(c, name) not in allowed:
                 raise _err(f"{name}={getattr(c, name)!r} is unknown; use one of {allowed}")
-        if c.base_sampler == "ddpm_large":
-            if c.eta != 0:
-                raise _err(f"eta={c.eta} with base_sampler='ddpm_large': ddpm_large fixes its own variance")
-            raise _err(
-                "base_sampler='ddpm_large' is not implemented in this version; use base_sampler='ddim'"
-            )
+        if c.base_sampler == "ddpm_large" and c.eta != 0:
+            raise _err(f"eta={c.eta} with base_sampler='ddpm_large': its variance is fixed (β̃); set eta=0")
         if c.base_sampler not in BASE_SAMPLERS:
             raise _err(f"base_sampler={c.base_sampler!r} is unknown; use one of {BASE_SAMPLERS}")
         if c.trained_betas is None and c.beta_schedule not in BETA_SCHEDULES:
@@ -197,8 +202,6 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
             raise _err(f"second_moment_eps={c.second_moment_eps} must be >= 0")
         if c.eta < 0:
             raise _err(f"eta={c.eta} must be >= 0 (0 = DDIM, 1 = DDPM fixed-small)")
-        if c.legacy_lambda_index:
-            raise _err("legacy_lambda_index=True is not implemented in this version; leave it False")
         if c.num_train_timesteps < 1:
             raise _err(f"num_train_timesteps={c.num_train_timesteps} must be >= 1")
 
@@ -262,6 +265,7 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = int(num_inference_steps)
         self.timesteps = torch.from_numpy(grid).to(device)
         grid_list = [int(t) for t in grid]
+        self._grid = grid_list
         if c.prev_timestep_rule == "grid":
             self._prev_timesteps = [*grid_list[1:], -1]
             ddim_prev = [t - T // self.num_inference_steps for t in grid_list]
@@ -313,11 +317,17 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------------------------------- step
 
-    def _lambda(self, k: int) -> float:
+    def _lambda(self, k: int, t: int) -> float:
+        """λ of step index k at timestep t: its position in the executed trajectory (from `begin_index`), or
+        with ``legacy_lambda_index`` the official code's ``int((T − 1 − t) / (T / S))``."""
+        c = self.config
         begin = self._begin_index or 0
         if self._lambdas is None:
-            c = self.config
-            self._lambdas = lambda_schedule(len(self.timesteps) - begin, c.b1_min, c.b1_max, c.b1_ascending)
+            steps = self.num_inference_steps if c.legacy_lambda_index else len(self._grid) - begin
+            self._lambdas = lambda_schedule(steps, c.b1_min, c.b1_max, c.b1_ascending, c.b1_schedule)
+        if c.legacy_lambda_index:
+            T, S = c.num_train_timesteps, self.num_inference_steps
+            return float(self._lambdas[min(max(int((T - 1 - t) / (T / S)), 0), S - 1)])
         return float(self._lambdas[k - begin])
 
     def step(
@@ -342,6 +352,8 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
         eta = c.eta if eta is None else float(eta)
         if eta < 0:
             raise _err(f"eta={eta} must be >= 0")
+        if eta != 0 and c.base_sampler == "ddpm_large":
+            raise _err(f"eta={eta} with base_sampler='ddpm_large': its variance is fixed (β̃); pass eta=0")
         if model_output.shape != sample.shape:
             raise _err(
                 f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}"
@@ -358,8 +370,8 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
                 f"step {k + 1} of a {len(self.timesteps)}-step trajectory: call set_timesteps before each trajectory"
             )
         t = int(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        if t != int(self.timesteps[k]):
-            raise _err(f"timestep={t} at step index {k}, expected {int(self.timesteps[k])} from the schedule")
+        if t != self._grid[k]:
+            raise _err(f"timestep={t} at step index {k}, expected {self._grid[k]} from the schedule")
         if self._shape is None:
             self._shape = tuple(sample.shape)
         elif tuple(sample.shape) != self._shape:
@@ -367,10 +379,7 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
                 f"sample shape changed mid-trajectory at step index {k}: {tuple(sample.shape)} != {self._shape}; "
                 "call set_timesteps before each trajectory"
             )
-        if not torch.isfinite(model_output).all():
-            raise _err(f"model_output has NaN or inf at step index {k} (timestep {t})")
-
-        # ---- base step: DDIMScheduler.step's exact sequence of tensor operations
+        # ---- base step: DDIMScheduler.step's (or DDPMScheduler.step's) exact sequence of tensor operations
         prev_timestep = self._prev_timesteps[k]
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = (
@@ -390,14 +399,77 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
             pred_original_sample = DDIMScheduler._threshold_sample(self, pred_original_sample)
         elif c.clip_sample:
             pred_original_sample = pred_original_sample.clamp(-c.clip_sample_range, c.clip_sample_range)
+        if c.base_sampler == "ddim":
+            prev_sample, x0_weight, shifts = self._ddim_base(
+                sample,
+                pred_original_sample,
+                pred_epsilon,
+                alpha_prod_t,
+                alpha_prod_t_prev,
+                eta,
+                use_clipped_model_output,
+                generator,
+                variance_noise,
+                model_output,
+            )
+        else:
+            prev_sample, x0_weight, shifts = self._ddpm_large_base(
+                t,
+                sample,
+                pred_original_sample,
+                alpha_prod_t,
+                alpha_prod_t_prev,
+                generator,
+                variance_noise,
+                model_output,
+            )
+
+        # ---- AMS correction: x_s = x_s^base + √ᾱ_s (m_k / v_k − d_k)
+        if c.method == "none":
+            self._check_finite(prev_sample, model_output, k, t)
+        else:
+            correction = self._ams_correction(
+                k,
+                t,
+                sample,
+                pred_original_sample,
+                x0_weight,
+                shifts,
+                alpha_prod_t,
+                alpha_prod_t_prev,
+                model_output,
+            )
+            prev_sample = prev_sample + correction.to(prev_sample.dtype)
+        self._step_index = k + 1
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return AdaptiveMomentumSchedulerOutput(
+            prev_sample=prev_sample, pred_original_sample=pred_original_sample
+        )
+
+    def _ddim_base(
+        self,
+        sample,
+        x0,
+        pred_epsilon,
+        alpha_prod_t,
+        alpha_prod_t_prev,
+        eta,
+        use_clipped,
+        generator,
+        variance_noise,
+        model_output,
+    ):
+        """`DDIMScheduler.step` from x̂₀ on: (x_s^base, weight of x̂₀ − x̄_t in d (1), [c₂·ε̂, σ·z])."""
+        beta_prod_t = 1 - alpha_prod_t
         beta_prod_t_prev = 1 - alpha_prod_t_prev
         variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
         std_dev_t = eta * variance ** (0.5)
-        if use_clipped_model_output:
-            pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
+        if use_clipped:
+            pred_epsilon = (sample - alpha_prod_t ** (0.5) * x0) / beta_prod_t ** (0.5)
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * pred_epsilon
-        prev_sample = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
-        noise_term = None
+        prev_sample = alpha_prod_t_prev ** (0.5) * x0 + pred_sample_direction
+        shifts = [pred_sample_direction]
         if eta > 0:
             if variance_noise is None:
                 variance_noise = randn_tensor(
@@ -408,46 +480,67 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
                 )
             noise_term = std_dev_t * variance_noise
             prev_sample = prev_sample + noise_term
+            shifts.append(noise_term)
+        return prev_sample, 1.0, shifts
 
-        # ---- AMS correction: x_s = x_s^base + √ᾱ_s (m_k / v_k − d_k)
-        if c.method != "none":
-            prev_sample = (
-                self._ams_correction(
-                    k,
-                    sample,
-                    pred_original_sample,
-                    pred_sample_direction,
-                    noise_term,
-                    alpha_prod_t,
-                    alpha_prod_t_prev,
-                ).to(prev_sample.dtype)
-                + prev_sample
-            )
-        self._step_index = k + 1
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return AdaptiveMomentumSchedulerOutput(
-            prev_sample=prev_sample, pred_original_sample=pred_original_sample
-        )
+    def _ddpm_large_base(
+        self, t, sample, x0, alpha_prod_t, alpha_prod_t_prev, generator, variance_noise, model_output
+    ):
+        """`DDPMScheduler(variance_type="fixed_large").step` from x̂₀ on: posterior mean μ(x_t, x̂₀) plus √β̃·z.
+
+        Returns (x_s^base, β̃/(1 − ᾱ_t), [√β̃·z]): d = β̃/(1 − ᾱ_t)·(x̂₀ − x̄_t) + √β̃·z/√ᾱ_s, β̃ = 1 − ᾱ_t/ᾱ_s.
+        No noise at t = 0, as `DDPMScheduler`. At the last step ᾱ_s = ``final_alpha_cumprod`` (spec §2);
+        `DDPMScheduler` always uses 1 there, so the two agree when ``set_alpha_to_one=True`` (the default).
+        """
+        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+        pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
+        current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
+        prev_sample = pred_original_sample_coeff * x0 + current_sample_coeff * sample
+        shifts = []
+        if t > 0:
+            if variance_noise is None:
+                variance_noise = randn_tensor(
+                    model_output.shape,
+                    generator=generator,
+                    device=model_output.device,
+                    dtype=model_output.dtype,
+                )
+            noise_term = (current_beta_t**0.5) * variance_noise
+            prev_sample = prev_sample + noise_term
+            shifts.append(noise_term)
+        return prev_sample, float(current_beta_t / beta_prod_t), shifts
+
+    @staticmethod
+    def _check_finite(state: torch.Tensor, model_output: torch.Tensor, k: int, t: int) -> None:
+        """One reduction per step; on failure, name the culprit (model_output or the AMS state)."""
+        if torch.isfinite(state.sum(dtype=torch.float32)):
+            return
+        if not torch.isfinite(model_output).all():
+            raise _err(f"model_output has NaN or inf at step index {k} (timestep {t})")
+        raise _err(f"the AMS state has NaN or inf at step index {k} (timestep {t})")
 
     def _ams_correction(
-        self, k, sample, x0, direction, noise_term, alpha_prod_t, alpha_prod_t_prev
+        self, k, t, sample, x0, x0_weight, shifts, alpha_prod_t, alpha_prod_t_prev, model_output
     ) -> torch.Tensor:
+        """√ᾱ_s·(m_k/v_k − d_k) in float32, updating the state m (and v)."""
         c = self.config
-        device = sample.device
-        sqrt_a_t = alpha_prod_t.to(device, torch.float32) ** 0.5
-        sqrt_a_s = alpha_prod_t_prev.to(device, torch.float32) ** 0.5
-        # d = (x̂₀ − x̄_t) + (c₂·ε̂ + σ·z)/√ᾱ_s: the exact increment of the base step in x̄ = x/√ᾱ
-        shift = direction.float() if noise_term is None else direction.float() + noise_term.float()
-        d = (x0.float() - sample.float() / sqrt_a_t) + shift / sqrt_a_s
-        if self._m is None:
-            self._m = torch.zeros_like(d)
-            self._v = torch.ones_like(d)
-        if self._m.device != device:
-            self._m, self._v = self._m.to(device), self._v.to(device)
+        inv_sqrt_a_t = 1.0 / float(alpha_prod_t) ** 0.5
+        sqrt_a_s = float(alpha_prod_t_prev) ** 0.5
+        # d = w·(x̂₀ − x̄_t) + Σ shifts/√ᾱ_s: the exact increment of the base step in x̄ = x/√ᾱ (no cancellation)
+        d = torch.add(x0.float(), sample.float(), alpha=-inv_sqrt_a_t)
+        if x0_weight != 1.0:
+            d.mul_(x0_weight)
+        for shift in shifts:
+            d.add_(shift.float(), alpha=1.0 / sqrt_a_s)
+        if self._m is None or self._m.device != d.device:
+            self._m = torch.zeros_like(d) if self._m is None else self._m.to(d.device)
+            self._v = torch.ones_like(d) if self._v is None else self._v.to(d.device)
         update = d
         if c.method in ("momentum", "adam"):
-            self._m = momentum_update(self._m, d, self._lambda(k), c.b1_form)
+            self._m = momentum_update(self._m, d, self._lambda(k, t), c.b1_form)
             update = self._m
         if c.method in ("rms", "adam"):
             if c.second_moment_norm == "channel" and d.shape[1] == 1:
@@ -458,9 +551,8 @@ class AdaptiveMomentumScheduler(SchedulerMixin, ConfigMixin):
                 )
             self._v = second_moment_update(self._v, d, c.b2, c.second_moment_eps, c.second_moment_norm)
             update = update / self._v
-        if not torch.isfinite(update).all():
-            raise _err(f"the AMS state has NaN or inf at step index {k}")
-        return sqrt_a_s * (update - d)
+        self._check_finite(update, model_output, k, t)
+        return (update - d).mul_(sqrt_a_s)
 
     # ------------------------------------------------------------------------------------------ state
 
