@@ -23,6 +23,10 @@ def scalar_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -68,8 +72,44 @@ def write_report(
         "flagged and regenerated with mitigation at the same seeds. An image counts as memorized when it is "
         "within RMSE 0.1 of its training target (the whole photo, or the patch inside its mask)."
     )
-    rep.add_heading(FIGURES_HEADING)
-    rep.add_table(scalar_figures(figures), columns=["figure", "value"])
+    rep.add_heading("Detection")
+    rep.add_table(
+        [
+            {
+                "detector": name,
+                "AUC (all)": figures[f"det_all_{m}_auc"],
+                "TPR@1%FPR (all)": figures[f"det_all_{m}_tpr1"],
+                "AUC (whole-photo copies)": figures[f"det_global_{m}_auc"],
+                "AUC (patch copies)": figures[f"det_local_{m}_auc"],
+            }
+            for m, name in (("be", "BE"), ("wen", "Wen"), ("ren_le", "Ren LE"), ("ren_ae", "Ren AE"))
+        ]
+    )
+    rep.add_text(
+        f"BE localization of the copied patch: pixel AUROC {_f(figures['loc_local_auroc'])}, best IoU "
+        f"{_f(figures['loc_local_best_iou'])}. Flagged by {figures['flag_method']}: {figures['n_flagged']} prompts "
+        f"(recall {_f(figures['flag_recall'])}, false-positive rate {_f(figures['flag_false_positive_rate'])})."
+    )
+    rep.add_heading("Mitigation: memorized fraction of the flagged prompts' images")
+    rows = [
+        {
+            "": "before",
+            "all": figures["memorized_fraction_before"],
+            "whole-photo copies": figures.get("memorized_fraction_before_global"),
+            "patch copies": figures.get("memorized_fraction_before_local"),
+        }
+    ]
+    for m in cfg.mitigations:
+        tag = m.replace("-", "_")
+        rows.append(
+            {
+                "": f"after {m}",
+                "all": figures.get(f"memorized_fraction_after_{tag}"),
+                "whole-photo copies": figures.get(f"memorized_fraction_after_{tag}_global"),
+                "patch copies": figures.get(f"memorized_fraction_after_{tag}_local"),
+            }
+        )
+    rep.add_table(rows)
 
     rep.add_heading("Detection: ROC over all prompts (memorized vs novel)")
     rep.add_plot(
@@ -129,6 +169,8 @@ def write_report(
                 for what in ("content", "motion")
             ]
         )
+    rep.add_heading(FIGURES_HEADING)
+    rep.add_table(scalar_figures(figures), columns=["figure", "value"])
     rep.add_json({"config": config, "versions": _versions()}, summary="configuration and versions")
     html_path = rep.save(out / "report.html")
     return html_path, json_path
