@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from difflab_core.errors import DifflabError
+from difflab_core.errors import reraise_as
 
 __all__ = ["ForgeryKDError", "core_errors"]
 
@@ -14,11 +11,6 @@ class ForgeryKDError(ValueError):
     """Bad input to forgery-kd: the message names the file, key path or argument and how to fix it."""
 
 
-@contextmanager
-def core_errors(where: str = "") -> Iterator[None]:
-    """Re-raise a ``difflab_core`` error inside the block as a :class:`ForgeryKDError`."""
-    try:
-        yield
-    except DifflabError as err:
-        prefix = f"{where}: " if where else ""
-        raise ForgeryKDError(f"{prefix}{err}") from err
+def core_errors(where: str = ""):
+    """Re-raise a `difflab_core` error inside the block as a `ForgeryKDError` (prefixed with ``where``)."""
+    return reraise_as(ForgeryKDError, where)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
-from difflab_core.errors import DifflabError
+from difflab_core.errors import reraise_as
 
 __all__ = ["MemLocateError", "core_errors"]
 
@@ -13,11 +11,6 @@ class MemLocateError(ValueError):
     """Bad input to mem-locate: the message names the file, key or argument and how to fix it."""
 
 
-@contextmanager
 def core_errors(where: str = ""):
     """Re-raise a `difflab_core` error inside the block as a `MemLocateError` (prefixed with ``where``)."""
-    try:
-        yield
-    except DifflabError as err:
-        prefix = f"{where}: " if where else ""
-        raise MemLocateError(f"{prefix}{err}") from err
+    return reraise_as(MemLocateError, where)

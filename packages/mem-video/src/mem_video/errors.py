@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from difflab_core.errors import DifflabError
+from difflab_core.errors import DifflabError, reraise_as
 
 __all__ = ["MemVideoError", "core_errors"]
 
@@ -17,12 +14,6 @@ class MemVideoError(DifflabError):
     """
 
 
-@contextmanager
-def core_errors() -> Iterator[None]:
-    """Re-raise a ``difflab_core`` error from the block (store, run config, loading) as a `MemVideoError`."""
-    try:
-        yield
-    except MemVideoError:
-        raise
-    except DifflabError as err:
-        raise MemVideoError(str(err)) from err
+def core_errors():
+    """Re-raise a `difflab_core` error from the block (store, run config, loading) as a `MemVideoError`."""
+    return reraise_as(MemVideoError)
