@@ -53,6 +53,7 @@ def test_off_and_never_firing_are_bit_identical_on_ddim(ddim_pipe):
         with amg(ddim_pipe, index, config=config) as engine:
             assert (run() == plain).all()
         assert len(engine.records) == 10 and not any(r.fired for r in engine.records)
+    assert all(r.sigma1 is not None for r in engine.records)  # detection ran on every step
 
 
 class ConstantSimilarity:

@@ -54,6 +54,24 @@ def test_build_index_captions_and_generate(tmp_path, tiny_sd):
     again = runner.invoke(app, args)  # resume: nothing left to do
     assert json.loads(again.stdout)["generated"] == 0
     assert Image.open(tmp_path / "out" / "0-0.png").size == (32, 32)
+    config_file = tmp_path / "amg.json"
+    args = ["calibrate", str(tmp_path / "pipe"), str(tmp_path / "prompts.txt")]
+    args += [
+        "--amg-index",
+        str(tmp_path / "index"),
+        "--steps",
+        "3",
+        "--quantile",
+        "1.0",
+        "--out",
+        str(config_file),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads(config_file.read_text())
+    assert config == json.loads(result.stdout) and config["lambda_floor"] >= 0.3
+    bad = runner.invoke(app, [*args[:3], "--amg-index", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 1 and bad.output.strip().startswith("error:")
 
 
 def test_version():

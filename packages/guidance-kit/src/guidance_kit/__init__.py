@@ -14,6 +14,7 @@ from .compress import classifier_guidance, compress_cfg, increment_uncond, inter
 from .denoiser import GuidanceRun
 from .errors import GuidanceKitError
 from .index import NeighbourIndex
+from .noisy_classifier import train_noisy_classifier
 from .schedules import (
     StepSchedule,
     compress_schedule,
@@ -72,5 +73,6 @@ __all__ = [
     "read_captions",
     "sample",
     "step_sigmas",
+    "train_noisy_classifier",
     "uniform_schedule",
 ]

@@ -22,9 +22,11 @@ MEM_RMSE = 0.10
 
 
 def _timed(fn):
-    start = time.perf_counter()
+    """``(fn(), seconds)``: process CPU seconds, which equal wall time on an idle machine at one torch thread and,
+    unlike wall time, do not count the time a shared machine lends to other jobs."""
+    start = time.process_time()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, time.process_time() - start
 
 
 def _copied(images, train):
@@ -92,12 +94,20 @@ def _amg_part(quick: bool, repeats: int) -> dict:
 
     mem_before, t_mem_plain = _timed(lambda: plain(memorized, seeds))
     mem_after, t_mem_amg = _timed(lambda: guided(memorized, seeds))
-    clean_before = plain(clean, seeds)
-    clean_after = guided(clean, seeds)
-    t_plain, t_amg = [], []
-    for _ in range(repeats):
-        t_plain.append(_timed(lambda: plain(clean, seeds[:1]))[1])
-        t_amg.append(_timed(lambda: guided(clean, seeds[:1]))[1])
+    # the clean runs, one seed at a time, plain and AMG interleaved, are also the overhead timings
+    clean_before, clean_after, t_plain, t_amg = [], [], [], []
+    for i in range(max(repeats, len(seeds))):
+        seed = seeds[i % len(seeds)]
+        before, tp = _timed(lambda seed=seed: plain(clean, [seed]))
+        after, ta = _timed(lambda seed=seed: guided(clean, [seed]))
+        t_plain.append(tp)
+        t_amg.append(ta)
+        if i < len(seeds):
+            clean_before.append(before)
+            clean_after.append(after)
+    clean_records = [r for out in clean_after for r in out.records]
+    clean_before = torch.cat(clean_before)
+    clean_after_images = torch.cat([out.images for out in clean_after])
     detector = PixelSimilarity(index)
 
     def final_sigma(images):
@@ -107,7 +117,7 @@ def _amg_part(quick: bool, repeats: int) -> dict:
     s_before, s_after = final_sigma(mem_before), final_sigma(mem_after.images)
     frac_before = float(_copied(mem_before, tb.train_images).float().mean())
     frac_after = float(_copied(mem_after.images, tb.train_images).float().mean())
-    unchanged = [bool(torch.equal(a, b)) for a, b in zip(clean_before, clean_after.images, strict=True)]
+    unchanged = [bool(torch.equal(a, b)) for a, b in zip(clean_before, clean_after_images, strict=True)]
 
     mem = digits_ddpm_memorized()
     digit_index = NeighbourIndex.build(mem.train_images)
@@ -140,13 +150,14 @@ def _amg_part(quick: bool, repeats: int) -> dict:
         "sim_max_after": float(s_after.max()),
         "quality_proxy": "pixel_fd_4x4_clean (lower is better)",
         "quality_before": _pixel_fd(clean_before, tb.train_images),
-        "quality_after": _pixel_fd(clean_after.images, tb.train_images),
+        "quality_after": _pixel_fd(clean_after_images, tb.train_images),
         "alignment_before": _background_alignment(clean_before, clean_prompts),
-        "alignment_after": _background_alignment(clean_after.images, clean_prompts),
+        "alignment_after": _background_alignment(clean_after_images, clean_prompts),
         "fired_step_fraction_memorized": mem_after.summary["fired_step_fraction"],
-        "fired_step_fraction_clean": clean_after.summary["fired_step_fraction"],
+        "fired_step_fraction_clean": sum(r.fired for r in clean_records) / len(clean_records),
         "clean_unchanged_fraction": sum(unchanged) / len(unchanged),
         "overhead_ratio_no_detection": statistics.median(t_amg) / statistics.median(t_plain),
+        "overhead_timing_repeats": len(t_plain),
         "overhead_ratio_memorized": t_mem_amg / t_mem_plain,
         "sim_scale_used": config.c_sim,
         "ddpm": {
@@ -167,13 +178,7 @@ def _compress_part(quick: bool, repeats: int) -> dict:
     from .encoder_classifier import fit_encoder_classifier
     from .schedules import (
         compress_schedule,
-        early_stop_schedule,
         full_schedule,
-        interval_matched,
-        interval_schedule,
-        random_schedule,
-        step_sigmas,
-        uniform_schedule,
     )
 
     mem = digits_ddpm_memorized()
@@ -189,13 +194,13 @@ def _compress_part(quick: bool, repeats: int) -> dict:
     def sched():
         return DDIMScheduler.from_config(mem.scheduler.config)
 
-    def guided(schedule):
+    def guided(schedule, steps=n):
         s = sched()
         with classifier_guidance(mem.unet, clf, labels, scale=scale, schedule=schedule, scheduler=s) as run:
             x = sample(
                 mem.unet,
                 s,
-                num_inference_steps=n,
+                num_inference_steps=steps,
                 class_labels=null,
                 generator=torch.Generator().manual_seed(0),
             )
@@ -217,7 +222,7 @@ def _compress_part(quick: bool, repeats: int) -> dict:
             return float((clf(images * 2 - 1, t).argmax(1) == labels).float().mean())
 
     full_s, comp_s = full_schedule(n), compress_schedule(n, skip, k)
-    guided(comp_s)  # warm-up
+    guided(compress_schedule(5, 5, k), steps=5)  # warm-up
     t_full, t_comp = [], []
     for _ in range(repeats):
         (full_img, full_calls), tf = _timed(lambda: guided(full_s))
@@ -225,11 +230,7 @@ def _compress_part(quick: bool, repeats: int) -> dict:
         t_full.append(tf)
         t_comp.append(tc)
     free_img, t_free = _timed(unguided)
-    x = torch.randn(len(labels), 1, 16, 16)
-    tt = torch.full((len(labels),), 500)
-    _, f_time = _timed(lambda: [mem.unet(x, tt, class_labels=null) for _ in range(5)])
-    _, c_time = _timed(lambda: [_grad(clf, x, tt) for _ in range(5)])
-    F, C = f_time / 5, c_time / 5
+    F, C = _call_costs(mem.unet, clf, len(labels), null)
     wall_full, wall_comp = statistics.median(t_full), statistics.median(t_comp)
     classifier = {
         "n": n,
@@ -238,6 +239,7 @@ def _compress_part(quick: bool, repeats: int) -> dict:
         "scale": scale,
         "weight_mode": "compress",
         "classifier": "encoder half of the digits UNet + linear head (EncoderClassifier)",
+        "samples": len(labels),
         "guided_steps": comp_s.num_guided,
         "guidance_call_ratio": comp_calls / full_calls,
         "classifier_calls_full": full_calls,
@@ -247,6 +249,7 @@ def _compress_part(quick: bool, repeats: int) -> dict:
         "wall_time_ratio": wall_comp / wall_full,
         "unet_call_ms": F * 1000,
         "classifier_call_ms": C * 1000,
+        "call_timing": "CPU time per call, median of 7 warm interleaved calls at the run's batch",
         "expected_wall_ratio": (n * F + comp_s.num_guided * C) / (n * (F + C)),
         "acc_on_full": acc_on(full_img),
         "acc_on_compress": acc_on(comp_img),
@@ -286,8 +289,27 @@ def _compress_part(quick: bool, repeats: int) -> dict:
         "fd_full": proxy.frechet(cfg_full),
         "fd_compress": proxy.frechet(cfg_comp),
     }
+    peers = _peers(guided, proxy, labels, sched, n, skip, comp_s.num_guided, wall_full) if not quick else None
+    return {
+        "classifier": classifier,
+        "cfg": cfg,
+        "peers": peers if peers is not None else "full run only (five more 50-step runs)",
+        "unguided_wall_s": t_free,
+    }
+
+
+def _peers(guided, proxy, labels, sched, n: int, skip: int, count: int, wall_full: float) -> dict:
+    """The guidance-interval peer and the ablation schedules with |G| guided steps, as classifier guidance."""
+    from .schedules import (
+        early_stop_schedule,
+        interval_matched,
+        interval_schedule,
+        random_schedule,
+        step_sigmas,
+        uniform_schedule,
+    )
+
     sigmas = step_sigmas(sched(), n)
-    count = comp_s.num_guided
     peer_schedules = {
         "interval": interval_schedule(sigmas),
         "interval_matched": interval_matched(sigmas, count),
@@ -304,27 +326,51 @@ def _compress_part(quick: bool, repeats: int) -> dict:
             "acc_off": proxy.accuracy(images, labels),
             "fd": proxy.frechet(images),
         }
-    return {"classifier": classifier, "cfg": cfg, "peers": peers, "unguided_wall_s": t_free}
+    return peers
 
 
 def _grad(clf, x, t):
     with torch.enable_grad():
         xi = x.clone().requires_grad_(True)
-        return torch.autograd.grad(clf(xi, t).logsumexp(1).sum(), xi)[0]
+        return torch.autograd.grad(clf(xi, t).log_softmax(1)[:, 0].sum(), xi)[0]
 
 
-def run_benchmark(quick: bool = True, *, threads: int = 2, seed: int = 0) -> dict:
-    """Run everything (``quick``: 20-step AMG, 2 seeds, 20 digits per run, 3 timing repeats; full: 50 steps,
-    4 seeds, 100 digits, 7 repeats) and return the spec's JSON object."""
+def _call_costs(unet, clf, batch: int, null, reps: int = 7) -> tuple[float, float]:
+    """CPU seconds per UNet forward (no grad) and per classifier forward+backward to x_t, at
+    ``batch`` (one warm-up each, then ``reps`` interleaved calls; medians)."""
+    x = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.full((batch,), 500)
+    f_times, c_times = [], []
+    for rep in range(reps + 1):
+        start = time.process_time()
+        with torch.no_grad():
+            unet(x, t, class_labels=null)
+        mid = time.process_time()
+        _grad(clf, x, t)
+        if rep:
+            f_times.append(mid - start)
+            c_times.append(time.process_time() - mid)
+    return statistics.median(f_times), statistics.median(c_times)
+
+
+def run_benchmark(quick: bool = True, *, threads: int = 1, seed: int = 0) -> dict:
+    """Run everything and return the spec's JSON object. ``quick``: 20-step AMG, 2 seeds (the two clean runs
+    double as the 2 overhead timings), classifier guidance on 20 digits with 2 timed full/compress pairs, no
+    peer schedules; full: 50-step AMG, 4 seeds, 100 digits, 7 timing repeats, the peers. Timings ("wall_*",
+    "*_ms") are process CPU seconds (see `_timed`)."""
     import diffusers
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DModel  # noqa: F401  (imports: not timed)
+
+    import difflab_core.testbed  # noqa: F401
 
     from . import __version__
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    start = time.perf_counter()
-    repeats = 3 if quick else 7
+    start, cpu_start = time.perf_counter(), time.process_time()
+    repeats = 2 if quick else 7
     amg_result = _amg_part(quick, repeats)
+    cpu_amg = time.process_time() - cpu_start
     compress_result = _compress_part(quick, repeats)
     cg = compress_result["classifier"]
     return {
@@ -335,6 +381,10 @@ def run_benchmark(quick: bool = True, *, threads: int = 2, seed: int = 0) -> dic
         "threads": threads,
         "seed": seed,
         "wall_s": round(time.perf_counter() - start, 1),
+        "cpu_s_after_imports": round(time.process_time() - cpu_start, 1),
+        "cpu_s_amg": round(cpu_amg, 1),
+        "timing_repeats": repeats,
+        "timing": "process CPU time at one torch thread (equals wall time on an idle machine)",
         "cache": "shipped testbed weights (no training)",
         "diffusers": diffusers.__version__,
         "amg": amg_result,

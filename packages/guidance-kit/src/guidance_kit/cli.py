@@ -1,4 +1,5 @@
-"""The ``guidance-kit`` command line (typer): build-index, build-captions, schedule, generate, bench, version.
+"""The ``guidance-kit`` command line (typer): build-index, build-captions, schedule, generate, calibrate, bench,
+version.
 
 Errors in the input print one line and exit with status 1.
 """
@@ -155,10 +156,53 @@ def generate(
     typer.echo(json.dumps({"out": str(out), "generated": len(rows)}))
 
 
+@app.command("calibrate")
+def calibrate_command(
+    pipe_dir: Path = typer.Argument(..., help="local diffusers pipeline folder"),
+    clean_prompts: Path = typer.Argument(
+        ..., help="prompts that must stay untouched: one per line, or JSONL"
+    ),
+    amg_index: Path = typer.Option(..., "--amg-index", help="the index folder of training images"),
+    out: Path | None = typer.Option(None, "--out", help="write the calibrated AMGConfig here (JSON)"),
+    seeds: int = typer.Option(1, help="seeds per prompt (0, 1, …)"),
+    quantile: float = typer.Option(0.99, help="λ floor = this quantile of σ on the clean generations"),
+    steps: int = typer.Option(50, help="inference steps"),
+    guidance_scale: float = typer.Option(7.5, help="CFG scale"),
+) -> None:
+    """Raise AMG's λ floor to the given quantile of σ on clean prompts; print the config as JSON."""
+    from difflab_core.loading import load_pipeline
+
+    from .amg import calibrate
+    from .errors import core_errors
+    from .index import NeighbourIndex
+    from .jobs import read_prompts
+
+    def run():
+        texts = read_prompts(clean_prompts)
+        index = NeighbourIndex.load(amg_index)
+        with core_errors(str(pipe_dir)):
+            pipe = load_pipeline(pipe_dir)
+        pipe.set_progress_bar_config(disable=True)
+        return calibrate(
+            pipe,
+            index,
+            texts,
+            seeds=tuple(range(seeds)),
+            quantile=quantile,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+        )
+
+    config = _guarded(run).to_dict()
+    if out is not None:
+        out.write_text(json.dumps(config, indent=2) + "\n")
+    typer.echo(json.dumps(config))
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(True, "--quick/--full", help="the one-minute run or the full one"),
-    threads: int = typer.Option(2),
+    threads: int = typer.Option(1, help="torch threads (more only adds spin time on these tiny models)"),
 ) -> None:
     """Run the benchmark (spec §6) and print its JSON."""
     from .bench import run_benchmark

@@ -3,7 +3,7 @@
 ``sscd``: 100, from the official AMG-sd code. ``pixel``: fixed once by the spec's rule on the memorization
 testbed's calibration split (the global-memorization prompts, seeds 100–101, 20 DDIM steps, guidance 1.5):
 the smallest value in {1, 3, 10, 30, 100, 300, 1000} that halves the memorized fraction
-(``benchmarks/guidance_kit.py --calibrate`` reruns it). ``ssim`` and ``embedding`` reuse the pixel value
+(``calibrate(..., memorized_prompts=..., is_memorized=...)`` reruns the rule). ``ssim`` and ``embedding`` reuse the pixel value
 until calibrated on data of their own (see the README).
 """
 
