@@ -9,6 +9,12 @@ rendered as N jittered frames; fake videos carry one manipulation with a ground-
 * ``freq`` — a low-amplitude periodic grid or chirp inside the region (mostly visible in the DCT);
 * ``double_jpeg`` — a region JPEG-recompressed at another quality off the 8×8 grid.
 
+As in real face swaps, the new content of every fake region first passes a stand-in synthesis
+decoder (:func:`_synthesis_trace`): rendered at half resolution, so the source's camera noise is gone,
+and upsampled with a 2×2-periodic up-convolution checkerboard. That trace is shared by all kinds and
+transfers to unseen sources; every real source has the same camera-noise level (``CAMERA_NOISE``), so
+the trace is not confounded with the identity of the source.
+
 Every frame is finally JPEG-compressed at quality 90 and written as PNG, in the DeepfakeBench layout
 (``frames/<video>/<i>.png`` plus ``json/Synthetic.json``), masks under ``masks/<video>/<i>.png``.
 ``difficulty`` in [0, 1] shrinks amplitudes and regions (0 = obvious, 1 = subtle).
@@ -36,6 +42,9 @@ MANIPULATIONS = ("blend", "splice", "resample", "freq", "double_jpeg")
 SYNTHETIC_NAME = "Synthetic"
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry")
 JITTER = 6
+CAMERA_NOISE = 0.02
+"""Std of the sensor-like noise of every real source (a per-source level would make the noise-free
+synthesised region an identity-dependent cue)."""
 
 
 @dataclass
@@ -89,7 +98,7 @@ def _source(rng: np.random.Generator, side: int) -> np.ndarray:
         image = np.clip(_resize(np.repeat(face[..., None], 3, axis=2), side) * tint, 0, 1).astype(np.float32)
     if rng.random() < 0.5:
         image = image[:, ::-1]
-    noise = rng.normal(0.0, rng.uniform(0.015, 0.03), size=image.shape)  # camera noise of this source
+    noise = rng.normal(0.0, CAMERA_NOISE, size=image.shape)  # one camera pipeline for every source
     return np.clip(image + noise, 0, 1).astype(np.float32)
 
 
@@ -118,6 +127,22 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _synthesis_trace(image: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:
+    """``image`` ``[S, S, 3]`` as a face-synthesis decoder would output it: rendered at half resolution
+    (the camera noise is gone), upsampled ×2 by nearest neighbour and modulated by a random 2×2-periodic
+    offset, the checkerboard that transposed convolutions leave (amplitude shrinks with ``difficulty``)."""
+    side = image.shape[0]
+    even = side // 2 * 2
+    half = image[:even, :even].reshape(even // 2, 2, even // 2, 2, 3).mean(axis=(1, 3))
+    up = image.copy()
+    up[:even, :even] = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1)
+    gains = rng.normal(size=(2, 2))
+    gains = (gains - gains.mean()) / (np.abs(gains - gains.mean()).max() + 1e-6)
+    pattern = np.tile(gains, (side // 2 + 1, side // 2 + 1))[:side, :side]
+    amplitude = 0.02 + 0.06 * (1.0 - difficulty)
+    return np.clip(up + amplitude * pattern[..., None], 0, 1).astype(np.float32)
+
+
 def manipulate(
     image: np.ndarray,
     kind: str,
@@ -141,9 +166,14 @@ def manipulate(
     box[top : top + hh, left : left + ww] = 1.0
     fake = image.copy()
     strength = 1.0 - 0.6 * difficulty
+    if kind in ("blend", "splice") and donor is None:
+        raise ForgeryKDError(f"manipulation {kind!r} needs a donor image")
+    # the new content of every fake region comes out of a synthesis decoder, as a swapped face does
+    # (resample and double_jpeg get it after their own step, which would otherwise erase it)
+    if kind in ("blend", "splice", "freq"):
+        rendered = _synthesis_trace(image if kind == "freq" else donor, rng, difficulty)
     if kind in ("blend", "splice"):
-        if donor is None:
-            raise ForgeryKDError(f"manipulation {kind!r} needs a donor image")
+        donor = rendered
         if kind == "blend":
             yy, xx = np.mgrid[:side, :side]
             cy, cx = top + hh / 2, left + ww / 2
@@ -164,7 +194,7 @@ def manipulate(
         pil = Image.fromarray((image * 255).round().astype(np.uint8))
         coarse = pil.resize((small, small), Image.BILINEAR).resize((side, side), mode)
         resampled = np.asarray(coarse, dtype=np.float32) / 255.0
-        fake[box > 0] = resampled[box > 0]
+        fake[box > 0] = _synthesis_trace(resampled, rng, difficulty)[box > 0]
         mask = box
     elif kind == "freq":
         yy, xx = np.mgrid[:side, :side].astype(np.float32)
@@ -174,14 +204,14 @@ def manipulate(
             pattern = np.sin(2 * np.pi * xx / period) * np.sin(2 * np.pi * yy / period)
         else:
             pattern = np.sin(np.pi * (xx**2 + yy**2) / (1.5 * side))
-        fake = np.clip(image + (amplitude * pattern * box)[..., None], 0, 1)
+        fake[box > 0] = np.clip(rendered + (amplitude * pattern)[..., None], 0, 1)[box > 0]
         mask = box
     else:  # double_jpeg
         dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
         quality = int(rng.integers(10, 25) + 50 * difficulty)
         shifted = np.roll(image, (dy, dx), axis=(0, 1))
         recompressed = np.roll(_jpeg(shifted, quality), (-dy, -dx), axis=(0, 1))
-        fake[box > 0] = recompressed[box > 0]
+        fake[box > 0] = _synthesis_trace(recompressed, rng, difficulty)[box > 0]
         mask = box
     return fake.astype(np.float32), mask.astype(np.float32)
 
