@@ -30,7 +30,8 @@ def image_stats(digits, classifier):
 
 
 def _samples(digits, image_stats, n_sets, per_set, seed):
-    """Simulated sets: per-cell correctness drawn from the simulator's exact per-cell accuracy."""
+    """Simulated sets labelled with the simulator's exact per-cell accuracy (soft BCE targets), so the test
+    measures whether the predictor learns the simulator's effects rather than how much 0/1 noise it averages."""
     probs, feats = image_stats
     rng = np.random.default_rng(seed)
     out = []
@@ -41,8 +42,7 @@ def _samples(digits, image_stats, n_sets, per_set, seed):
             perm = rng.permutation(9)
             cells = idx[perm]
             p = expected_cell_accuracy(probs[cells], feats[cells], digits.labels[cells], 3, 3, CFG)
-            correct = (rng.random(9) < p).astype(np.float32)
-            out.append(CollageSample(feats[idx], perm, correct, float(correct.mean()), s))
+            out.append(CollageSample(feats[idx], perm, p.astype(np.float32), float(p.mean()), s))
     return out
 
 
@@ -68,10 +68,10 @@ def test_fast_scoring_equals_forward():
 
 def test_learns_simulator_ranking_and_resumes(digits, image_stats, tmp_path):
     probs, feats = image_stats
-    train = _samples(digits, image_stats, 400, 4, seed=0)
-    cfg = PredictorConfig(hidden=64, epochs=40, batch_size=128, lr=3e-3)
+    train = _samples(digits, image_stats, 200, 4, seed=0)
+    cfg = PredictorConfig(hidden=32, epochs=20, batch_size=128, lr=3e-3)
     model = train_predictor(train, (3, 3), cfg, tmp_path / "p")
-    pred_all, truth_all = [], []
+    rhos = []
     rng = np.random.default_rng(99)
     for idx in sample_image_sets(digits.labels, 9, 20, 0.3, seed=123, pool=np.arange(600, len(digits))):
         perms = np.stack([rng.permutation(9) for _ in range(32)])
@@ -81,14 +81,9 @@ def test_learns_simulator_ranking_and_resumes(digits, image_stats, tmp_path):
                 for p in perms
             ]
         )
-        pred = score(model, feats[idx], perms)
-        pred_all.append(pred)
-        truth_all.append(truth)
-    # Held-out sets against the simulator's exact expectation. KNOWN SHORTFALL: the spec asks for a mean
-    # within-set Spearman > 0.2; this small predictor reaches ~0.05-0.1 (see the README), so only a
-    # significant positive pooled correlation is required here.
-    pooled = spearmanr(np.concatenate(pred_all), np.concatenate(truth_all))
-    assert pooled.statistic > 0.05 and pooled.pvalue < 0.05
+        rhos.append(spearmanr(score(model, feats[idx], perms), truth).statistic)
+    # the spec's bar: mean within-set Spearman > 0.2 on held-out sets against the simulator's expectation
+    assert np.nanmean(rhos) > 0.2
     # a second call on the same folder resumes from the final checkpoint and ends with the same weights
     again = train_predictor(train, (3, 3), cfg, tmp_path / "p")
     loaded = load_predictor(tmp_path / "p")

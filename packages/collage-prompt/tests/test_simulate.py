@@ -10,7 +10,12 @@ import pytest
 from collage_prompt.collect import collage_request, sample_image_sets
 from collage_prompt.grid import GridSpec, grid_adjacency
 from collage_prompt.prompt import parse_answer
-from collage_prompt.simulate import SimConfig, SimulatedVLM, expected_cell_accuracy
+from collage_prompt.simulate import (
+    SimConfig,
+    SimulatedVLM,
+    expected_cell_accuracy,
+    expected_collage_accuracy,
+)
 
 SPEC = GridSpec(2, 2, target_side=96)
 
@@ -124,3 +129,12 @@ def _collage_from_request(req):
     from PIL import Image
 
     return Image.open(io.BytesIO(req.image_png)).convert("RGB"), SPEC
+
+
+def test_expected_collage_accuracy_matches_per_arrangement(digits, classifier):
+    probs, feats = classifier.predict(digits.images[600:609])
+    truth = digits.labels[600:609]
+    perms = np.stack([np.random.default_rng(i).permutation(9) for i in range(20)])
+    cfg = SimConfig(a_read=0.3, lam=0.5)
+    ref = [expected_cell_accuracy(probs[p], feats[p], truth[p], 3, 3, cfg).mean() for p in perms]
+    assert np.allclose(expected_collage_accuracy(probs, feats, truth, perms, 3, 3, cfg), ref, atol=1e-9)

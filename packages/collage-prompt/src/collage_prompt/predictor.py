@@ -55,8 +55,12 @@ def _unit(x: Tensor) -> Tensor:
 class CollageGCN(nn.Module):
     """Dense GCN over the cells of a ``rows`` x ``cols`` grid; per-cell P(correct), collage accuracy = mean.
 
-    Node c: [W_f f_{perm[c]} || cell embedding || (row, col) / (R-1, C-1) || corner/edge/interior one-hot ||
-    max and mean cosine similarity to the images in neighbouring cells].
+    Node c holding image i = perm[c]: [W_f f_i || cell embedding || (row, col) / (R-1, C-1) ||
+    corner/edge/interior one-hot || max and mean cosine similarity of f_i to the images in neighbouring cells ||
+    mean and max over neighbours j of the learned pair features (E u_i) * (E u_j)] (u = unit-norm features;
+    the pair features let the model tell a same-class neighbour, which helps, from a similar-looking
+    other-class one, which leaks its label). Each layer is h' = relu(W_s h + Â W_n h) with the GCN propagation
+    matrix Â, so a cell keeps its own evidence next to its neighbours'.
     """
 
     symmetry_invariant = False
@@ -69,12 +73,14 @@ class CollageGCN(nn.Module):
         hidden: int = 128,
         proj: int = 64,
         pos_dim: int = 16,
+        pair_dim: int = 8,
         dropout: float = 0.1,
         neighbourhood: int = 4,
     ) -> None:
         super().__init__()
         self.rows, self.cols, self.k = rows, cols, rows * cols
         self.proj = nn.Linear(feat_dim, proj)
+        self.pair_proj = nn.Linear(feat_dim, pair_dim, bias=False)
         self.cell_embedding = nn.Embedding(self.k, pos_dim)
         r, c = np.divmod(np.arange(self.k), cols)
         coords = np.stack([r / max(1, rows - 1), c / max(1, cols - 1)], 1)
@@ -84,30 +90,61 @@ class CollageGCN(nn.Module):
             "cell_static", torch.tensor(np.concatenate([coords, kind], 1), dtype=torch.float32)
         )
         self.register_buffer("a_hat", torch.from_numpy(normalized_adjacency(rows, cols, neighbourhood)))
-        self.register_buffer("adj", torch.from_numpy(grid_adjacency(rows, cols, neighbourhood)))
-        d_in = proj + pos_dim + 5 + 2
-        self.gcn1 = nn.Linear(d_in, hidden)
-        self.gcn2 = nn.Linear(hidden, hidden)
+        adj = grid_adjacency(rows, cols, neighbourhood)
+        nbr = [np.flatnonzero(row) for row in adj]
+        width = max(len(n) for n in nbr)
+        self.register_buffer(
+            "nbr_idx", torch.tensor(np.stack([np.resize(n, width) for n in nbr]), dtype=torch.long)
+        )
+        self.register_buffer(
+            "nbr_valid", torch.tensor(np.stack([np.arange(width) < len(n) for n in nbr]), dtype=torch.bool)
+        )
+        d_in = proj + pos_dim + 5 + 2 + 2 * pair_dim
+        self.self1, self.nbr1 = nn.Linear(d_in, hidden), nn.Linear(d_in, hidden, bias=False)
+        self.self2, self.nbr2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden, bias=False)
         self.head = nn.Linear(hidden, 1)
         self.dropout = nn.Dropout(dropout)
 
+    def _pair_terms(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """Image-level cosine (..., N, N) and pair features (..., N, N, pair_dim) of images ``feats`` (..., N, D)."""
+        u = _unit(feats)
+        e = self.pair_proj(u)
+        return u @ u.transpose(-1, -2), e.unsqueeze(-2) * e.unsqueeze(-3)
+
+    def _node_inputs(self, image_proj: Tensor, cos: Tensor, pair: Tensor, perms: Tensor) -> Tensor:
+        """Node inputs (B, K, d_in) from per-image projections (B, N, P), cosines (B, N, N), pair features
+        (B, N, N, E) and arrangements (B, K); the three image terms may also be unbatched (one image set)."""
+        b = perms.shape[0]
+        p = perms.long()
+        pairs = (p[:, :, None].expand(-1, -1, self.nbr_idx.shape[1]), p[:, self.nbr_idx])
+        if cos.dim() == 3:
+            pairs = (torch.arange(b, device=p.device)[:, None, None], *pairs)
+        else:
+            image_proj = image_proj.unsqueeze(0).expand(b, -1, -1)
+        valid = self.nbr_valid.unsqueeze(0)
+        n_valid = valid.sum(-1, keepdim=True)
+        s = cos[pairs]
+        s_max = s.masked_fill(~valid, -2.0).amax(-1, keepdim=True)
+        s_mean = (s * valid).sum(-1, keepdim=True) / n_valid
+        e = pair[pairs]
+        e_mean = (e * valid.unsqueeze(-1)).sum(-2) / n_valid
+        e_max = e.masked_fill(~valid.unsqueeze(-1), -1e4).amax(-2)
+        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1).unsqueeze(0).expand(b, -1, -1)
+        cells = torch.gather(image_proj, 1, p.unsqueeze(-1).expand(-1, -1, image_proj.shape[-1]))
+        return torch.cat([cells, pos, s_max, s_mean, e_mean, e_max], -1)
+
+    def _layers(self, x: Tensor) -> Tensor:
+        h = self.dropout(torch.relu(self.self1(x) + self.a_hat @ self.nbr1(x)))
+        h = torch.relu(self.self2(h) + self.a_hat @ self.nbr2(h))
+        return self.head(h).squeeze(-1)
+
     def cell_logits(self, feats: Tensor, perms: Tensor) -> Tensor:
-        """Per-cell logits (B, K)."""
+        """Per-cell logits (B, K) for image features ``feats`` (B or 1, K, D) and arrangements (B, K)."""
         b = perms.shape[0]
         if feats.shape[0] == 1 and b > 1:
             feats = feats.expand(b, -1, -1)
-        cells = _gather_cells(feats, perms)
-        u = _unit(cells)
-        sim = u @ u.transpose(1, 2)
-        adj = self.adj.unsqueeze(0)
-        deg = self.adj.sum(1).clamp(min=1)
-        sim_max = sim.masked_fill(adj == 0, -2.0).amax(-1)
-        sim_mean = (sim * adj).sum(-1) / deg
-        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1).unsqueeze(0).expand(b, -1, -1)
-        h = torch.cat([self.proj(cells), pos, sim_max.unsqueeze(-1), sim_mean.unsqueeze(-1)], -1)
-        h = self.dropout(torch.relu(self.a_hat @ self.gcn1(h)))
-        h = torch.relu(self.a_hat @ self.gcn2(h))
-        return self.head(h).squeeze(-1)
+        cos, pair = self._pair_terms(feats)
+        return self._layers(self._node_inputs(self.proj(feats), cos, pair, perms))
 
     def forward(self, feats: Tensor, perms: Tensor) -> Tensor:
         """Predicted collage accuracy (B,)."""
@@ -115,30 +152,11 @@ class CollageGCN(nn.Module):
 
     @torch.no_grad()
     def score_set(self, feats: Tensor, perms: Tensor) -> Tensor:
-        """``forward`` for many arrangements (N, K) of one image set (K, D), in eval mode, without redoing
-        per-image and per-cell work: the first layer is split into an image term, a cell term and the
-        neighbour-similarity term, so per arrangement only gathers and the two Â products remain."""
-        proj_dim = self.proj.out_features
-        pos_dim = self.cell_embedding.embedding_dim + self.cell_static.shape[1]
-        w = self.gcn1.weight
-        image_term = self.proj(feats) @ w[:, :proj_dim].T
-        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1)
-        cell_term = pos @ w[:, proj_dim : proj_dim + pos_dim].T + self.gcn1.bias
-        w_max, w_mean = w[:, -2], w[:, -1]
-        u = _unit(feats)
-        sim = u @ u.T
-        nbr = [torch.nonzero(row).squeeze(1) for row in self.adj]
-        width = max(len(n) for n in nbr)
-        nbr_idx = torch.stack([torch.cat([n, n[:1].expand(width - len(n))]) for n in nbr])
-        valid = torch.stack([torch.arange(width) < len(n) for n in nbr]).to(feats.device)
-        p = perms.long()
-        s = sim[p.unsqueeze(-1), p[:, nbr_idx]]
-        s_max = s.masked_fill(~valid, -2.0).amax(-1)
-        s_mean = (s * valid).sum(-1) / valid.sum(-1)
-        x = image_term[p] + cell_term + s_max.unsqueeze(-1) * w_max + s_mean.unsqueeze(-1) * w_mean
-        h = torch.relu(torch.einsum("ck,nkh->nch", self.a_hat, x))
-        h = torch.relu(torch.einsum("ck,nkh->nch", self.a_hat, self.gcn2(h)))
-        return torch.sigmoid(self.head(h).squeeze(-1)).mean(-1)
+        """``forward`` for many arrangements (N, K) of one image set (K, D), in eval mode; per-image
+        projections and pair terms are computed once and only gathered per arrangement."""
+        cos, pair = self._pair_terms(feats)
+        x = self._node_inputs(self.proj(feats), cos, pair, perms)
+        return torch.sigmoid(self._layers(x)).mean(-1)
 
 
 class OfficialLikeGCN(nn.Module):

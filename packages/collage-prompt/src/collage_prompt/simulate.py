@@ -28,7 +28,14 @@ from collage_prompt.features import FeatureExtractor, HandcraftedFeatures
 from collage_prompt.grid import GridSpec, grid_adjacency
 from collage_prompt.prompt import ClassList
 
-__all__ = ["CellClassifier", "SimConfig", "SimulatedVLM", "cell_effects", "expected_cell_accuracy"]
+__all__ = [
+    "CellClassifier",
+    "SimConfig",
+    "SimulatedVLM",
+    "cell_effects",
+    "expected_cell_accuracy",
+    "expected_collage_accuracy",
+]
 
 MALFORMED_KINDS = ("missing", "one_based", "prose", "json", "casing", "truncated")
 
@@ -154,6 +161,38 @@ def expected_cell_accuracy(
     base = (1 - pos) * q[idx, truth] + pos * (second == truth)
     same = truth[None, :] == truth[:, None]
     return (1 - leak.sum(1)) * base + (leak * same).sum(1)
+
+
+def expected_collage_accuracy(
+    probs: np.ndarray,
+    feats: np.ndarray,
+    truth: np.ndarray,
+    perms: np.ndarray,
+    rows: int,
+    cols: int,
+    cfg: SimConfig | None = None,
+) -> np.ndarray:
+    """:func:`expected_cell_accuracy` averaged over cells, for many arrangements ``perms`` (N, K) of one image
+    set (posteriors (K, C), features (K, D), true classes (K,) in image order), vectorised: (N,)."""
+    cfg = cfg or SimConfig()
+    k = rows * cols
+    truth = np.asarray(truth)
+    perms = np.asarray(perms)
+    adj = grid_adjacency(rows, cols) > 0
+    f = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12)
+    cos = np.clip(f @ f.T, 0, None)
+    q = _sharpen(probs, cfg.temperature)[np.arange(k), truth]
+    second = (np.argsort(probs, axis=1)[:, -2] == truth).astype(float)
+    same = truth[:, None] == truth[None, :]
+    pair = (perms[:, :, None], perms[:, None, :])
+    leak = cfg.lam * cos[pair] * adj
+    total = leak.sum(2, keepdims=True)
+    leak = leak * np.where(total > cfg.leak_cap, cfg.leak_cap / np.maximum(total, 1e-12), 1.0)
+    same_p = same[pair]
+    damp = np.where((same_p & adj).any(2), 1.0 - cfg.group_gain, 1.0)
+    pos = cfg.a_read * np.arange(k) / max(1, k - 1) * damp
+    base = (1 - pos) * q[perms] + pos * second[perms]
+    return ((1 - damp * leak.sum(2)) * base + damp * (leak * same_p).sum(2)).mean(1)
 
 
 class SimulatedVLM:
