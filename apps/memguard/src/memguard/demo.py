@@ -15,7 +15,7 @@ Stages (each cached under ``OUT/cache/steps<N>-n<n>/`` and resumed on the next r
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ class DemoResult:
     figures: dict[str, Any]
     report_html: Path
     report_json: Path
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _status(message: str, progress: bool):
@@ -270,7 +269,10 @@ def _prompt_embedding(masked: bool):
     def run(tb, cfg: DemoConfig, run, records, rec, context, work):
         from mem_locate.mitigate import MitigationConfig, auto_target_loss, mitigate
 
-        auto = context.setdefault(f"auto_target_{masked}", auto_target_loss(records, masked=masked))
+        key = f"auto_target_{masked}"
+        if key not in context:  # once per demo run, not once per prompt
+            context[key] = auto_target_loss(records, masked=masked)
+        auto = context[key]
         mcfg = MitigationConfig(
             num_inference_steps=cfg.steps,
             guidance_scale=tb.audit.guidance_scale,
@@ -414,10 +416,3 @@ def _video(cache: Path) -> dict:
     natural = [r for r in rows if labels[r["id"]]["type"] in ("static", "pan")]
     out["video_static_or_pan_called_motion_copies"] = int(sum(bool(r["motion_mem"]) for r in natural))
     return out
-
-
-def figures_json(figures: dict) -> str:
-    """The figures as JSON text (what ``report.json`` holds under ``figures``)."""
-    from difflab_core.report import to_jsonable
-
-    return json.dumps(to_jsonable(figures), indent=2)
