@@ -1,0 +1,5 @@
+import sys
+
+from .cli import app
+
+sys.exit(app())
