@@ -6,7 +6,11 @@ import typer
 
 from genlab import __version__
 
-app = typer.Typer(add_completion=False, help="Few-shot adaptation, fast sampling and cheap guidance for diffusion models: tan-transfer, adam-sampler, guidance-kit.", no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False,
+    help="Few-shot adaptation, fast sampling and cheap guidance for diffusion models: tan-transfer, adam-sampler, guidance-kit.",
+    no_args_is_help=True,
+)
 
 
 @app.command()

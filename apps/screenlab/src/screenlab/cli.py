@@ -6,7 +6,11 @@ import typer
 
 from screenlab import __version__
 
-app = typer.Typer(add_completion=False, help="Screen image collections: cheap labels by collage prompting and face-forgery flags from a distilled detector.", no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False,
+    help="Screen image collections: cheap labels by collage prompting and face-forgery flags from a distilled detector.",
+    no_args_is_help=True,
+)
 
 
 @app.command()

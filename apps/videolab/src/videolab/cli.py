@@ -6,7 +6,11 @@ import typer
 
 from videolab import __version__
 
-app = typer.Typer(add_completion=False, help="Video understanding by denoising: action segmentation (diffact) and surgical triplets (difftriplet).", no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False,
+    help="Video understanding by denoising: action segmentation (diffact) and surgical triplets (difftriplet).",
+    no_args_is_help=True,
+)
 
 
 @app.command()

@@ -6,7 +6,11 @@ import typer
 
 from difftriplet import __version__
 
-app = typer.Typer(add_completion=False, help="Surgical action triplet recognition by iterative denoising (DiffTriplet), evaluated with ivtmetrics.", no_args_is_help=True)
+app = typer.Typer(
+    add_completion=False,
+    help="Surgical action triplet recognition by iterative denoising (DiffTriplet), evaluated with ivtmetrics.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
