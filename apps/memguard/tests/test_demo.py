@@ -1,41 +1,14 @@
 """`memguard demo --quick` end to end: the report's figures are recomputed independently from the run's own
 files, and the HTML is rendered in headless Chromium with every image loaded and every figure shown."""
 
-import html
 import json
-import os
-import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from difflab_core.browser import find_chromium, render_report, shown_figures
 from memguard.cli import app
-
-PROBE = """
-<script>
-window.addEventListener("load", () => {
-  const images = [...document.images];
-  const loaded = images.filter((im) => im.complete && im.naturalWidth > 0).length;
-  const table = [...document.querySelectorAll("table")].find(
-    (t) => [...t.querySelectorAll("th")].map((th) => th.textContent).join("|") === "figure|value");
-  const figures = {};
-  if (table) {
-    for (const tr of table.querySelectorAll("tbody tr")) {
-      const td = tr.querySelectorAll("td");
-      figures[td[0].textContent] = td[1].textContent;
-    }
-  }
-  const out = document.createElement("pre");
-  out.id = "probe";
-  out.textContent = JSON.stringify({images: images.length, loaded: loaded, figures: figures,
-                                    svgs: document.querySelectorAll("svg polyline").length});
-  document.body.appendChild(out);
-});
-</script>
-"""
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +18,6 @@ def demo(tmp_path_factory):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     return out, report, result.output
-
-
-def _cell(value) -> str:
-    """How the report prints a figure (independent of the report code): 4 significant digits for floats."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _flatten(figures: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in figures.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif not isinstance(v, list):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _work(out):
@@ -129,34 +81,10 @@ def test_a_cached_rerun_reuses_every_stage(demo):
 
 
 def test_the_report_renders_in_headless_chromium(demo, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
+    if find_chromium() is None:
         pytest.skip("no headless Chromium here (.ci/run installs Debian's chromium)")
     out, report, _ = demo
-    page = (out / "report.html").read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", PROBE + "</body>"))
-    env = dict(os.environ, HOME=str(tmp_path))
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        check=True,
-    ).stdout
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert match, dom[-2000:]
-    seen = json.loads(html.unescape(match.group(1)))
-    assert seen["images"] > 0 and seen["loaded"] == seen["images"]
-    assert seen["svgs"] >= 4  # one ROC curve per detector
-    expected = {k: _cell(v) for k, v in _flatten(report["figures"]).items()}
-    assert seen["figures"] == expected
+    seen = render_report(out / "report.html", tmp_path)
+    assert seen.images > 0 and seen.loaded == seen.images
+    assert seen.polylines >= 4  # one ROC curve per detector
+    assert seen.figures == shown_figures(report["figures"])

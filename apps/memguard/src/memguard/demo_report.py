@@ -12,17 +12,6 @@ import torch.nn.functional as F
 FIGURES_HEADING = "Figures"
 
 
-def scalar_figures(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """The figures table: one row per scalar figure, nested dicts flattened with dots."""
-    rows = []
-    for key, value in figures.items():
-        if isinstance(value, dict):
-            rows.extend(scalar_figures({f"{key}.{k}": v for k, v in value.items()}))
-        elif value is None or isinstance(value, (int, float, str, bool)):
-            rows.append({"figure": key, "value": value})
-    return rows
-
-
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -170,7 +159,7 @@ def write_report(
             ]
         )
     rep.add_heading(FIGURES_HEADING)
-    rep.add_table(scalar_figures(figures), columns=["figure", "value"])
+    rep.add_figures(figures)
     rep.add_json({"config": config, "versions": _versions()}, summary="configuration and versions")
     html_path = rep.save(out / "report.html")
     return html_path, json_path

@@ -417,6 +417,17 @@ def _cell(v: Any) -> tuple[str, bool]:
     return html.escape(v), False
 
 
+def scalar_figures(figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{"figure", "value"}`` for every scalar in ``figures``; nested dicts flattened with dots."""
+    rows: list[dict[str, Any]] = []
+    for key, value in figures.items():
+        if isinstance(value, Mapping):
+            rows.extend(scalar_figures({f"{key}.{k}": v for k, v in value.items()}))
+        elif value is None or isinstance(value, (int, float, str, bool)):
+            rows.append({"figure": key, "value": value})
+    return rows
+
+
 class HtmlReport:
     """A single-file HTML report; add blocks in order, then ``render()`` or ``save(path)``.
 
@@ -465,6 +476,14 @@ class HtmlReport:
             body.append("<tr>" + "".join(cells) + "</tr>")
         self._blocks.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
         return self
+
+    def add_figures(self, figures: Mapping[str, Any]) -> HtmlReport:
+        """Add the ``figure | value`` table: one row per scalar, nested dicts flattened to dotted names.
+
+        Lists are left out (plot or tabulate them separately). The apps' end-to-end tests read this table back
+        from the rendered page (`difflab_core.browser`) and compare it with ``report.json``.
+        """
+        return self.add_table(scalar_figures(figures), columns=["figure", "value"])
 
     @staticmethod
     def _figure(img: ImageLike, caption: str | None, width: int | None) -> str:
