@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from difflab_core.tiny import TinyNoisyClassifier
-from guidance_kit import GuidanceKitError, train_noisy_classifier
+from guidance_kit import GuidanceKitError, load_noisy_classifier, train_noisy_classifier
 
 
 def _two_classes(n=64):
@@ -45,6 +45,32 @@ def test_encoder_classifier_trains_only_its_head(tmp_path):
     )
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     assert set(load_file(tmp_path / "classifier.safetensors")) == {"head.weight", "head.bias"}
+    with pytest.raises(GuidanceKitError, match="needs unet"):
+        load_noisy_classifier(tmp_path)
+    x, t = images[:4], torch.full((4,), 300)
+    trained = torch.nn.Linear(unet.config.block_out_channels[-1], 2)
+    trained.load_state_dict(
+        {k.removeprefix("head."): v for k, v in load_file(tmp_path / "classifier.safetensors").items()}
+    )
+    with torch.no_grad():
+        expected = trained(load_noisy_classifier(tmp_path, unet=unet).features(x, t))
+        assert torch.equal(load_noisy_classifier(tmp_path, unet=unet)(x, t), expected)
+
+
+def test_load_noisy_classifier_round_trip_and_bad_files(tmp_path):
+    images, labels = _two_classes(32)
+    model = train_noisy_classifier(images, labels, DDPMScheduler(), out_dir=tmp_path, steps=3, batch_size=16)
+    t = torch.full((len(images),), 10)
+    with torch.no_grad():
+        assert torch.equal(load_noisy_classifier(tmp_path)(images, t), model(images, t))
+    with pytest.raises(GuidanceKitError, match="not found"):
+        load_noisy_classifier(tmp_path / "nowhere")
+    (tmp_path / "classifier.safetensors").write_bytes(b"garbage")
+    with pytest.raises(GuidanceKitError, match="unreadable"):
+        load_noisy_classifier(tmp_path)
+    (tmp_path / "classifier_config.json").write_text("{")
+    with pytest.raises(GuidanceKitError, match="not a classifier config"):
+        load_noisy_classifier(tmp_path)
 
 
 def test_bad_trainer_inputs(tmp_path):

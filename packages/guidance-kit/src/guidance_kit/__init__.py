@@ -14,7 +14,7 @@ from .compress import classifier_guidance, compress_cfg, increment_uncond, inter
 from .denoiser import GuidanceRun
 from .errors import GuidanceKitError
 from .index import NeighbourIndex
-from .noisy_classifier import train_noisy_classifier
+from .noisy_classifier import load_noisy_classifier, train_noisy_classifier
 from .schedules import (
     StepSchedule,
     compress_schedule,
@@ -68,6 +68,7 @@ __all__ = [
     "interval_cfg",
     "interval_matched",
     "interval_schedule",
+    "load_noisy_classifier",
     "normalise_caption",
     "random_schedule",
     "read_captions",

@@ -3,7 +3,7 @@
 ``arch="tiny"`` trains core's `TinyNoisyClassifier` from scratch; ``arch="encoder"`` trains the linear head of an
 `EncoderClassifier` on the frozen encoder half of the user's diffusion UNet (ADM's architecture and cost). Each
 batch is noised at uniform random t by ``scheduler.add_noise``. Writes, into ``out_dir``, the Trainer's resumable
-checkpoints and ``train_log.jsonl``, then ``classifier.safetensors`` and ``classifier_config.json``.
+checkpoints and ``train_log.jsonl``, then ``classifier.safetensors`` and ``classifier_config.json``, which `load_noisy_classifier` reads back.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .encoder_classifier import EncoderClassifier
 from .errors import GuidanceKitError
 
-__all__ = ["ARCHS", "train_noisy_classifier"]
+__all__ = ["ARCHS", "load_noisy_classifier", "train_noisy_classifier"]
 
 ARCHS = ("tiny", "encoder")
 
@@ -127,3 +127,50 @@ def train_noisy_classifier(
     config |= {"steps": result.step, "final_loss": result.last_loss, "num_train_timesteps": total}
     (out / "classifier_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return trained
+
+
+def load_noisy_classifier(directory: str | Path, *, unet: nn.Module | None = None) -> nn.Module:
+    """Load what `train_noisy_classifier` wrote into ``directory`` (strictly; eval mode, on the CPU).
+
+    ``arch="encoder"`` classifiers store only their head: pass the same ``unet`` they were trained on.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from difflab_core.tiny import TinyNoisyClassifier
+
+    folder = Path(directory)
+    config_path, weights_path = folder / "classifier_config.json", folder / "classifier.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise GuidanceKitError(f"{path}: not found; train one with train_noisy_classifier(out_dir=...)")
+    try:
+        config = json.loads(config_path.read_text())
+        arch, classes = config["arch"], int(config["num_classes"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise GuidanceKitError(f"{config_path}: not a classifier config ({err})") from err
+    if arch == "tiny":
+        model: nn.Module = TinyNoisyClassifier(int(config["in_channels"]), classes, int(config["size"]))
+    elif arch == "encoder":
+        if unet is None:
+            raise GuidanceKitError(
+                f"{folder}: an arch='encoder' classifier needs unet= (its diffusion model)"
+            )
+        model = EncoderClassifier(unet, classes, null_class=config.get("null_class"))
+    else:
+        raise GuidanceKitError(f"{config_path}: unknown arch {arch!r}; expected one of {ARCHS}")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise GuidanceKitError(f"{weights_path}: unreadable safetensors file ({err})") from err
+    expected = {k for k in model.state_dict() if not k.startswith("unet.")}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise GuidanceKitError(
+            f"{weights_path}: tensors do not match a {arch} classifier (missing {missing}, extra {extra})"
+        )
+    try:
+        model.load_state_dict(state, strict=arch == "tiny")
+    except RuntimeError as err:
+        raise GuidanceKitError(f"{weights_path}: {err}") from err
+    return model.eval()
