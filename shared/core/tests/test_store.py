@@ -180,3 +180,21 @@ def test_explicit_fingerprint_field_is_used(tmp_path: Path) -> None:
     write_run_config(tmp_path, {"fingerprint": "abc", "note": "second"})  # only the fingerprint matters
     with pytest.raises(DifflabError, match="'abc'"):
         write_run_config(tmp_path, {"fingerprint": "abd"})
+
+
+def test_cached_stage_runs_once_per_config_and_recomputes_a_torn_result(tmp_path):
+    from difflab_core.store import cached_stage
+
+    calls = []
+
+    def compute(stage):
+        calls.append(stage)
+        (stage / "grid.txt").write_text("x")
+        return {"value": len(calls)}
+
+    first = cached_stage(tmp_path, "sample", {"n": 4}, compute)
+    assert first == {"value": 1} and (calls[0] / "grid.txt").exists()
+    assert cached_stage(tmp_path, "sample", {"n": 4}, compute) == {"value": 1} and len(calls) == 1
+    assert cached_stage(tmp_path, "sample", {"n": 8}, compute) == {"value": 2} and calls[1] != calls[0]
+    (calls[0] / "result.json").write_text('{"value": ')  # killed while writing
+    assert cached_stage(tmp_path, "sample", {"n": 4}, compute) == {"value": 3}

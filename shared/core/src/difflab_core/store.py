@@ -22,14 +22,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from difflab_core.errors import DifflabError
 from difflab_core.report import atomic_write_text, to_jsonable, write_json
 
-__all__ = ["Key", "ResultStore", "fingerprint", "write_run_config"]
+__all__ = ["Key", "ResultStore", "cached_stage", "fingerprint", "write_run_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -343,3 +343,29 @@ def write_run_config(
             )
     write_json(path, cfg)
     return path
+
+
+def cached_stage(
+    cache_dir: str | os.PathLike[str],
+    name: str,
+    config: Mapping[str, Any],
+    compute: Callable[[Path], Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Run one stage of a multi-stage job once per configuration, and reuse its result afterwards.
+
+    The stage lives in ``cache_dir/<name>-<fingerprint(config)>/``: ``compute(stage_dir)`` may write any files
+    there (grids, weights) and returns a JSON-able dict, stored last (atomically) as ``result.json``. A stage
+    killed before that is recomputed; a finished one is read back without calling ``compute``.
+    """
+    stage = Path(cache_dir) / f"{name}-{fingerprint(config)}"
+    done = stage / "result.json"
+    if done.is_file():
+        try:
+            return json.loads(done.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("%s is unreadable; recomputing the stage", done)
+    stage.mkdir(parents=True, exist_ok=True)
+    write_json(stage / "config.json", dict(config))
+    result = to_jsonable(dict(compute(stage)))
+    write_json(done, result)
+    return result
