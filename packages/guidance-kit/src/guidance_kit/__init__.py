@@ -12,6 +12,7 @@ from .amg import (
 from .captions import CaptionStats, normalise_caption, read_captions
 from .compress import classifier_guidance, compress_cfg, increment_uncond, interval_cfg, sample
 from .denoiser import GuidanceRun
+from .encoder_classifier import EncoderClassifier, fit_encoder_classifier
 from .errors import GuidanceKitError
 from .index import NeighbourIndex
 from .noisy_classifier import load_noisy_classifier, train_noisy_classifier
@@ -49,6 +50,7 @@ __all__ = [
     "AntiMemorizationGuidance",
     "CaptionStats",
     "CompressGuidance",
+    "EncoderClassifier",
     "GuidanceKitError",
     "GuidanceRun",
     "IntervalGuidance",
@@ -62,6 +64,7 @@ __all__ = [
     "compress_cfg",
     "compress_schedule",
     "early_stop_schedule",
+    "fit_encoder_classifier",
     "full_schedule",
     "generate_with_amg",
     "increment_uncond",
