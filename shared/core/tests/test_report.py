@@ -188,3 +188,13 @@ def test_html_plot_svg_polyline() -> None:
 
     with pytest.raises(DifflabError, match="equal lengths"):
         HtmlReport("x").add_plot({"bad": ([1, 2], [1])})
+
+
+def test_package_versions_reports_installed_and_missing_distributions():
+    import torch
+
+    from difflab_core.report import package_versions
+
+    found = package_versions("torch", "no-such-distribution-xyz")
+    assert found["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert found["no-such-distribution-xyz"] == "not installed"

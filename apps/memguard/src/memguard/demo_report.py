@@ -17,15 +17,9 @@ def _f(value) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from difflab_core.report import package_versions
 
-    out = {}
-    for dist in ("difflab-memguard", "mem-locate", "guidance-kit", "difflab-core", "torch", "diffusers"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return package_versions("difflab-memguard", "mem-locate", "guidance-kit", "difflab-core", "torch", "diffusers")
 
 
 def write_report(

@@ -97,6 +97,19 @@ def to_jsonable(obj: Any) -> Any:
     )
 
 
+def package_versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the distributions ``dists`` (``"not installed"`` for missing ones), for reports."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
     path = Path(path)

@@ -1,0 +1,142 @@
+"""``videolab demo``: action segmentation (diffact) and surgical triplets (difftriplet) on synthetic videos.
+
+Stages, each cached under ``OUT/cache/<stage>-<fingerprint>/`` (`difflab_core.store.cached_stage`):
+
+1. ``segment``: a synthetic MS-TCN-format dataset (features, per-frame labels, mapping, split bundles) →
+   a short DiffAct training run on split 1 (validation-based checkpoint selection) → the MS-TCN metrics on the
+   test videos and segment bar plots (ground truth above the prediction).
+2. ``triplet``: a synthetic CholecT50-format dataset → a short DiffTriplet run → ivtmetrics average precision
+   for instruments, verbs, targets and their pairs and triplets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs; ``quick`` fits in about two minutes on two CPU cores."""
+
+    out: str = "videolab-demo"
+    quick: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    segment_videos: int = 10
+    segment_test_videos: int = 4
+    segment_steps: int = 600
+    triplet_steps: int = 1200
+    plots: int = 2
+
+    @classmethod
+    def preset(cls, quick: bool, **overrides: Any) -> DemoConfig:
+        base = cls(quick=True, segment_steps=150, triplet_steps=400) if quick else cls()
+        return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@contextmanager
+def _status(message: str, progress: bool) -> Iterator[None]:
+    if not progress:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
+def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the demo; returns ``{"figures", "stages"}`` and writes the report into ``cfg.out``."""
+    from difflab_core.store import cached_stage
+
+    cache = Path(cfg.out) / "cache"
+    seg_cfg = {k: getattr(cfg, k) for k in ("seed", "segment_videos", "segment_test_videos", "segment_steps")}
+    with _status("action segmentation: synthetic MS-TCN data, DiffAct training", progress):
+        segment = cached_stage(cache, "segment", seg_cfg | {"plots": cfg.plots}, lambda d: _segment(cfg, d))
+    with _status("surgical triplets: synthetic CholecT50, DiffTriplet training", progress):
+        triplet = cached_stage(
+            cache, "triplet", {"seed": cfg.seed, "steps": cfg.triplet_steps}, lambda d: _triplet(cfg, d)
+        )
+    stages = {"segment": segment, "triplet": triplet}
+    figures = figures_from(stages, cfg)
+    from .demo_report import write_report
+
+    write_report(Path(cfg.out), cfg, stages, figures)
+    return {"figures": figures, "stages": stages}
+
+
+def _segment(cfg: DemoConfig, stage: Path) -> dict[str, Any]:
+    from diffact import (
+        DiffActSegmenter,
+        make_mstcn_dataset,
+        preset,
+        read_labels,
+        read_mapping,
+        save_segment_plot,
+        train_fold,
+    )
+
+    data = make_mstcn_dataset(
+        stage / "data",
+        cfg.segment_videos,
+        4,
+        16,
+        cfg.seed,
+        num_test=cfg.segment_test_videos,
+        frames=(120, 120),
+    )
+    model_cfg = preset("tiny").with_updates(
+        data={"dataset": data.name},
+        train={"lr": 2e-3, "max_steps": cfg.segment_steps, "seed": cfg.seed, "device": cfg.device},
+    )
+    result = train_fold(model_cfg, stage / "data", 1, stage / "run")
+    names = read_mapping(data / "mapping.txt")
+    segmenter = DiffActSegmenter.from_pretrained(stage / "run", device=cfg.device)
+    test_videos = sorted(
+        line.strip().removesuffix(".txt")
+        for line in (data / "splits" / "test.split1.bundle").read_text().splitlines()
+        if line.strip()
+    )
+    plots = []
+    import numpy as np
+
+    for video in test_videos[: cfg.plots]:
+        truth = read_labels(data / "groundTruth" / f"{video}.txt")
+        pred = segmenter.predict(np.load(data / "features" / f"{video}.npy"), name=video)
+        path = save_segment_plot(
+            stage / f"segments_{video}.png", [("ground truth", truth), ("DiffAct", pred.names)], names
+        )
+        plots.append({"video": video, "plot": path.name, "truth": truth, "prediction": pred.names})
+    return {
+        "steps": result.steps,
+        "selected_step": result.selected_step,
+        "selection": result.selection,
+        "train_seconds": result.train_seconds,
+        "test_metrics": result.test_metrics,
+        "test_videos": test_videos,
+        "classes": names,
+        "plots": plots,
+        "stage_dir": str(stage),
+    }
+
+
+def _triplet(cfg: DemoConfig, stage: Path) -> dict[str, Any]:
+    raise NotImplementedError  # filled in once difftriplet lands
+
+
+def figures_from(stages: dict[str, Any], cfg: DemoConfig) -> dict[str, Any]:
+    """The report's figures, read from the stage results only (so the test can recompute them)."""
+    segment, triplet = stages["segment"], stages["triplet"]
+    return {
+        "mode": "quick" if cfg.quick else "full",
+        "segment": {
+            "train_steps": segment["steps"],
+            "selected_step": segment["selected_step"],
+            **{k: segment["test_metrics"]["mstcn"][k] for k in ("Acc", "Edit", "F1@10", "F1@25", "F1@50")},
+        },
+        "triplet": {k: triplet["ap"][k] for k in ("AP_I", "AP_V", "AP_T", "AP_IV", "AP_IT", "AP_IVT")},
+    }
