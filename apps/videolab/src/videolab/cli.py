@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import typer
 
 from diffact.cli import app as diffact_app
+from difftriplet import cli as difftriplet_cli
 from videolab import __version__
 
 app = typer.Typer(
@@ -24,6 +25,22 @@ app = typer.Typer(
 app.add_typer(
     diffact_app, name="segment", help="Temporal action segmentation on MS-TCN-format data (diffact)."
 )
+
+triplet = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Surgical action triplets on CholecT45/CholecT50 (difftriplet).",
+)
+for name, command in (
+    ("extract", difftriplet_cli.extract),
+    ("finetune-backbone", difftriplet_cli.finetune),
+    ("train", difftriplet_cli.train),
+    ("evaluate", difftriplet_cli.evaluate),
+    ("predict", difftriplet_cli.predict),
+    ("make-synthetic", difftriplet_cli.make_synthetic),
+):
+    triplet.command(name)(command)
+app.add_typer(triplet, name="triplet")
 
 
 def _clean_errors(fn):
