@@ -91,6 +91,33 @@ def test_compare_writes_a_resumable_report(model_dir, tmp_path):
     assert json.loads((tmp_path / "cmp" / "report.json").read_text())["figures"] == report["figures"]
 
 
+def test_adapt_then_sample_with_the_adapter(model_dir, tmp_path):
+    from tan_transfer.adapters import read_adapter_config
+
+    for name, value in (("target", 220), ("source", 30)):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            pixels = np.full((8, 8), value, dtype=np.uint8)
+            pixels[i, :] = 255 - value
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    args = ["adapt", "--model", model_dir, "--target", tmp_path / "target", "--source", tmp_path / "source"]
+    args += ["--out", tmp_path / "run", "--iterations", 2, "--batch-size", 2, "--micro-batch", 2]
+    result = _run(*args, "--ascent-steps", 1, "--classifier-steps", 2, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    adapter = json.loads(result.output.strip().splitlines()[-1])["adapter"]
+    assert read_adapter_config(adapter)["kind"] == "ant"
+    sampled = _run(
+        "sample", "--model", model_dir, "--adapter", adapter, "--out", tmp_path / "s", "--n", 2, "--steps", 3
+    )
+    assert sampled.exit_code == 0, sampled.output
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["adapter"] == adapter
+    other = tmp_path / "other"
+    tiny_unet_2d(16, 1, seed=0).save_pretrained(other)
+    DDPMScheduler().save_pretrained(other)
+    wrong = _run("sample", "--model", other, "--adapter", adapter, "--out", tmp_path / "w", "--device", "cpu")
+    assert wrong.exit_code == 1 and "config hash" in wrong.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -14,12 +14,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import typer
 
 from genlab import __version__
+from tan_transfer.cli import train as tan_train
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Few-shot adaptation (tan-transfer), fast samplers (adam-sampler) and cheap guidance (guidance-kit).",
 )
+
+
+app.command(
+    "adapt",
+    help="Adapt a local model to a folder of about ten target images with TAN (tan-transfer's `train`); the "
+    "run folder's adapter/ is what `genlab sample --adapter` and `genlab compare --adapter` take.",
+)(tan_train)
 
 
 def _clean_errors(fn):

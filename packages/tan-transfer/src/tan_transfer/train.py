@@ -1,0 +1,315 @@
+"""`train_tan`: one DPMs-ANT run [paper Alg. 1; code `train.py`] on `difflab_core.train.Trainer`.
+
+Per iteration: B shots (drawn with replacement; micro-batches accumulated), antithetic t, ε* by J ascent steps,
+x_t*, g from the frozen domain classifier, loss ‖ε* − ε_θ,ψ(x_t*, t) − γ s_t g‖², AdamW on ψ only, EMA of ψ.
+
+Run directory: ``config.json`` (TAN config, versions, seed, fingerprint), ``classifier/`` (weights + report),
+``checkpoints/`` and ``train_log.jsonl`` (Trainer; exact resume), ``adapter/`` (EMA adapters + card).
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from difflab_core.data import weighted_sampler
+from difflab_core.errors import DifflabError
+from difflab_core.report import write_json
+from difflab_core.store import write_run_config
+from difflab_core.tiny import seeded
+from difflab_core.train import TrainConfig, Trainer, load_weights, save_weights
+
+from .adapters import AdaptedUNet, build_adapted_unet, save_adapters, trainable_fraction
+from .classifier import build_classifier, target_logprob_grad, train_domain_classifier
+from .config import TANConfig
+from .data import load_image_folder, save_image_folder
+from .errors import TanTransferError
+from .losses import tan_loss
+from .noise import adversarial_noise, antithetic_timesteps, guidance_weight
+
+__all__ = ["TanTrainResult", "build_model", "sample_source_images", "train_tan"]
+
+MAX_NONFINITE_IN_A_ROW = 5
+EPOCH_BATCHES = 10
+
+
+@dataclass
+class TanTrainResult:
+    """What `train_tan` returns; ``model`` holds the EMA weights (what sampling uses)."""
+
+    model: AdaptedUNet
+    output_dir: Path
+    adapter_dir: Path
+    steps: int
+    last_loss: float
+    loss_history: list[tuple[int, float]]
+    sec_per_iter: float
+    trainable_fraction: float
+    classifier: nn.Module | None = None
+    classifier_report: dict[str, Any] = field(default_factory=dict)
+    resumed_from: Path | None = None
+    nonfinite_steps: int = 0
+
+
+def build_model(unet: nn.Module, cfg: TANConfig) -> AdaptedUNet:
+    """A deep copy of ``unet`` with ``cfg``'s adapters (seeded by ``cfg.seed``); the source UNet is untouched."""
+    with seeded(cfg.seed):
+        base = copy.deepcopy(unet)
+        if cfg.adapter == "ant":
+            hp = {
+                "dim": cfg.ant_dim,
+                "heads": cfg.ant_heads,
+                "dropout": cfg.ant_dropout,
+                "pool": cfg.ant_pool,
+            }
+            return build_adapted_unet(base, "ant", init=cfg.ant_init, **hp)
+        if cfg.adapter == "lora":
+            return build_adapted_unet(base, "lora", rank=cfg.lora_rank, targets=cfg.lora_targets)
+        return build_adapted_unet(base, "full")
+
+
+def sample_source_images(bundle, n: int, *, seed: int = 0, steps: int = 50) -> Tensor:
+    """``n`` images in [−1, 1] from the frozen source model (DDIM, η = 1): the classifier's source domain."""
+    from .sample import sample
+
+    return sample(None, bundle, n, steps=steps, seed=seed, prompt=None) * 2 - 1
+
+
+def _check_images(images: Tensor | str | Path, bundle, name: str) -> Tensor:
+    if isinstance(images, (str, Path)):
+        return load_image_folder(images, bundle.image_size, bundle.image_channels)
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise TanTransferError(name, "must be a folder or a tensor [N, C, H, W] in [-1, 1]")
+    expected = (bundle.image_channels, bundle.image_size, bundle.image_size)
+    if tuple(images.shape[1:]) != expected:
+        raise TanTransferError(name, f"images are {tuple(images.shape[1:])}, the model makes {expected}")
+    if len(images) < 1:
+        raise TanTransferError(name, "no images")
+    return images.float()
+
+
+def _run_config(cfg: TANConfig, target: Tensor, bundle) -> dict[str, Any]:
+    import diffusers
+
+    from difflab_core.store import fingerprint
+
+    return {
+        "tan_config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "n_shots": len(target),
+        "target_fingerprint": fingerprint(target.flatten().tolist()[:4096]),
+        "model_path": str(bundle.path) if bundle.path else None,
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _write_config(output_dir: Path, config: dict[str, Any], override: bool) -> None:
+    from difflab_core.store import fingerprint
+
+    stable = {k: v for k, v in config.items() if k != "versions"}
+    config = {**config, "fingerprint": fingerprint(stable)}
+    try:
+        write_run_config(output_dir, config)
+    except DifflabError as err:
+        if not override:
+            raise TanTransferError(
+                output_dir / "config.json", f"{err} (or pass override_config / --override-config)"
+            ) from err
+        write_json(output_dir / "config.json", config)
+
+
+def _classifier_for_run(bundle, target: Tensor, source, cfg: TANConfig, output_dir: Path):
+    folder = output_dir / "classifier"
+    weights = folder / "classifier.safetensors"
+    if weights.is_file() and cfg.classifier != "custom":
+        with seeded(cfg.seed):
+            clf = build_classifier(cfg.classifier, bundle.unet, pooling=cfg.classifier_pooling)
+        try:
+            load_weights(clf, weights)
+        except DifflabError as err:
+            raise TanTransferError(weights, str(err)) from err
+        report = {}
+        if (folder / "report.json").is_file():
+            import json
+
+            report = json.loads((folder / "report.json").read_text())
+        return clf.eval().requires_grad_(False), report
+    if source is None:
+        if cfg.source_from_model < 2:
+            raise TanTransferError("source", "give source images, or set source_from_model >= 2")
+        source = sample_source_images(bundle, cfg.source_from_model, seed=cfg.seed + 1)
+    source = _check_images(source, bundle, "source")
+    clf, report = train_domain_classifier(bundle, source, target, cfg)
+    save_weights(clf, weights)
+    write_json(folder / "report.json", report)
+    return clf, report
+
+
+def train_tan(
+    bundle,
+    target: Tensor | str | Path,
+    cfg: TANConfig | None = None,
+    *,
+    source: Tensor | str | Path | None = None,
+    classifier: nn.Module | None = None,
+    output_dir: str | Path,
+    resume: str = "auto",
+    override_config: bool = False,
+    progress: bool = False,
+) -> TanTrainResult:
+    """Adapt ``bundle``'s model to ``target`` (K images [K, C, H, W] in [−1, 1], or a folder).
+
+    ``source`` (images or folder) trains the domain classifier; without it ``cfg.source_from_model`` images are
+    sampled from the source model. ``classifier`` skips classifier training (any module
+    ``forward(x_t, t[, encoder_hidden_states]) -> logits [B, 2]``, label 1 = target). ``resume="auto"`` continues
+    from the latest checkpoint in ``output_dir``; ``"never"`` refuses to (raises if checkpoints exist). A changed
+    config raises unless ``override_config``.
+    """
+    cfg = cfg or TANConfig()
+    if resume not in ("auto", "never"):
+        raise TanTransferError("resume", f"{resume!r}: use 'auto' or 'never'")
+    lr = cfg.lr if cfg.lr is not None else (1e-5 if bundle.latent_kind is not None else 5e-5)
+    target = _check_images(target, bundle, "target")
+    output_dir = Path(output_dir)
+    _write_config(output_dir, _run_config(cfg, target, bundle), override_config)
+    if bundle.image_channels in (1, 3) and not (output_dir / "shots").is_dir():
+        save_image_folder(target, output_dir / "shots", "shot")
+
+    clf, clf_report = None, {}
+    if cfg.similarity_guidance:
+        if classifier is not None:
+            clf = classifier.eval().requires_grad_(False)
+        else:
+            clf, clf_report = _classifier_for_run(bundle, target, source, cfg, output_dir)
+
+    model = build_model(bundle.unet, cfg).train()
+    shots = bundle.encode(target).float().cpu()
+    device = bundle.device
+    ac = bundle.alphas_cumprod.to(device=device, dtype=torch.float32)
+    T = bundle.num_train_timesteps
+    cond_one = bundle.prompt_embeds([cfg.prompt]).float() if bundle.conditional else None
+
+    if cfg.fixed_batch:
+        pick = torch.randint(
+            0, len(shots), (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed)
+        )
+        dataset, sampler = TensorDataset(shots[pick]), None
+    else:
+        dataset = TensorDataset(shots)
+        sampler = weighted_sampler(torch.ones(len(shots)), cfg.batch_size * EPOCH_BATCHES, cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.micro_batch,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    nonfinite = {"run": 0, "total": 0}
+
+    def loss_fn(model: nn.Module, batch, step: int) -> Tensor:
+        x0 = batch[0].float()
+        b = x0.shape[0]
+        if cfg.hflip:
+            flip = torch.rand(b) < 0.5
+            x0 = torch.where(flip.to(x0.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        t = antithetic_timesteps(b, T, device=x0.device)
+        cond = None if cond_one is None else cond_one.expand(b, -1, -1)
+        if cfg.adversarial_noise:
+            eps = adversarial_noise(
+                model,
+                x0,
+                t,
+                ac,
+                steps=cfg.ascent_steps,
+                omega=cfg.omega,
+                ref_batch=cfg.ascent_ref_batch,
+                resample_t=cfg.resample_t_inner,
+                cond=cond,
+            )
+        else:
+            eps = torch.randn(x0.shape).to(x0.device)
+        ab = ac[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        grad = weight = None
+        if clf is not None:
+            grad = target_logprob_grad(clf, x_t, t, cond)
+            weight = guidance_weight(t, bundle.alphas_cumprod, cfg.s_schedule).to(x0.device)
+        pred = model(x_t, t, cond) if cond is not None else model(x_t, t)
+        loss = tan_loss(pred, eps, grad, weight, cfg.gamma)
+        if torch.isfinite(loss):
+            nonfinite["run"] = 0
+            return loss
+        nonfinite["run"] += 1
+        nonfinite["total"] += 1
+        if nonfinite["run"] >= MAX_NONFINITE_IN_A_ROW:
+            raise TanTransferError(
+                f"iteration {step}",
+                f"{MAX_NONFINITE_IN_A_ROW} non-finite losses in a row; lower lr / gamma / omega "
+                "(the last checkpoint is kept for resume)",
+            )
+        return torch.zeros((), device=x0.device, requires_grad=True)  # skipped: no gradient reaches ψ
+
+    train_config = TrainConfig(
+        max_steps=cfg.iterations,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_fraction * cfg.iterations),
+        lr_schedule="cosine",
+        grad_accum=cfg.grad_accum,
+        max_grad_norm=cfg.grad_clip,
+        mixed_precision=cfg.mixed_precision,
+        ema_decay=cfg.ema_decay,
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+        log_every=min(25, cfg.iterations),
+        progress=progress,
+        betas=cfg.betas,
+    )
+    trainer = Trainer(model, loss_fn, loader, train_config, output_dir)
+    start = time.perf_counter()
+    try:
+        result = trainer.fit(resume=resume == "auto")
+    except DifflabError as err:
+        if isinstance(err, TanTransferError):
+            raise
+        raise TanTransferError(output_dir, str(err)) from err
+    except torch.OutOfMemoryError as err:
+        raise TanTransferError(
+            "micro_batch", f"out of memory at micro_batch={cfg.micro_batch}; lower it (batch_size stays)"
+        ) from err
+    done = result.step - (int(result.resumed_from.name.split("-")[1]) if result.resumed_from else 0)
+    elapsed = time.perf_counter() - start
+    trained: AdaptedUNet = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.ema is not None:
+        trainer.ema.copy_to(trained)
+    trained.eval()
+    adapter_dir = save_adapters(
+        output_dir / "adapter", trained, extra={"iterations": result.step, "ema": True}
+    )
+    return TanTrainResult(
+        model=trained,
+        output_dir=output_dir,
+        adapter_dir=adapter_dir,
+        steps=result.step,
+        last_loss=result.last_loss,
+        loss_history=result.loss_history,
+        sec_per_iter=elapsed / done if done else float("nan"),
+        trainable_fraction=trainable_fraction(trained),
+        classifier=clf,
+        classifier_report=clf_report,
+        resumed_from=result.resumed_from,
+        nonfinite_steps=nonfinite["total"],
+    )
