@@ -19,7 +19,9 @@ def _f(value) -> str:
 def _versions() -> dict[str, str]:
     from difflab_core.report import package_versions
 
-    return package_versions("difflab-memguard", "mem-locate", "guidance-kit", "difflab-core", "torch", "diffusers")
+    return package_versions(
+        "difflab-memguard", "mem-locate", "guidance-kit", "difflab-core", "torch", "diffusers"
+    )
 
 
 def write_report(
