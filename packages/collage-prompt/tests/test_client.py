@@ -204,3 +204,17 @@ def test_failed_items_retried_only_on_request(stub, key_env, tmp_path):
     assert _run([_request(0)], _client(stub), tmp_path).n_skipped == 1 and stub.calls == 0
     summary = _run([_request(0)], _client(stub), tmp_path, retry_failed=True)
     assert summary.n_ok == 1 and stub.calls == 1
+
+
+def test_identical_requests_in_one_batch_are_sent_once(stub, key_env, tmp_path):
+    stub.script = [stub.ok("[0: 'zero']")]
+    a, b = _request(1), _request(2)
+    twin = _request(1)  # a separate object with the same image and prompt
+    summary = run_batch([a, b, twin, a], _client(stub), tmp_path / "store", workers=4)
+    assert summary.status == "complete" and stub.calls == 2
+    assert (summary.n_requests, summary.n_ok, summary.n_duplicates) == (4, 2, 2)
+    assert summary.records[a.key]["text"] == summary.records[twin.key]["text"] == "[0: 'zero']"
+    lines = (tmp_path / "store" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    again = run_batch([twin, b, b], _client(stub), tmp_path / "store")
+    assert stub.calls == 2 and (again.n_skipped, again.n_duplicates) == (2, 1) and len(again.records) == 2

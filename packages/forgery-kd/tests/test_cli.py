@@ -37,3 +37,19 @@ def test_predict_a_folder_and_bad_input(tmp_path):
         app, ["evaluate", str(tmp_path / "det"), "--json-dir", str(tmp_path), "--name", "Missing"]
     )
     assert bad.exit_code == 1 and "Missing.json does not exist" in bad.output
+
+
+def test_calibrate_stores_the_threshold(synthetic, tmp_path):
+    torch.manual_seed(0)
+    det = export_student(Student("test_efficientnet"), tmp_path / "det", img_size=32)
+    data = ["--json-dir", str(synthetic.json_dir), "--name", "Synthetic", "--rgb-root", str(synthetic.root)]
+    data += ["--frame-num", "2", "--img-size", "32"]
+    result = runner.invoke(app, ["calibrate", str(det), *data, "--target-fpr", "0.25"])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.output)
+    assert calibration["split"] == "val" and calibration["fpr"] <= 0.25
+    assert json.loads((det / "config.json").read_text())["threshold"] == calibration["threshold"]
+    bad = runner.invoke(app, ["calibrate", str(tmp_path), *data])
+    assert (
+        bad.exit_code == 1 and bad.output.startswith("error:") and "config.json does not exist" in bad.output
+    )

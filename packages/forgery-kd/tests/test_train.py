@@ -145,3 +145,33 @@ def test_balanced_sampler_trains(data_config, tmp_path):
     assert train_teacher(cfg).result.step == 2
     with pytest.raises(ForgeryKDError, match="balance"):
         TeacherTrainConfig(out_dir=str(tmp_path / "x"), data=data_config, balance="oversample")
+
+
+def test_same_seed_gives_identical_weights_whatever_the_global_rng(trained_teacher, data_config, tmp_path):
+    def teacher_run(name):
+        cfg = TeacherTrainConfig(
+            out_dir=str(tmp_path / name),
+            data=data_config,
+            spatial=TEACHER_BACKBONE,
+            frequency=TEACHER_BACKBONE,
+            steps=2,
+            batch_size=4,
+            seed=7,
+        )
+        return load_file(str(train_teacher(cfg).teacher_dir / "model.safetensors"))
+
+    def student_run(name):
+        out = distill(
+            small("dedicated_rotograd", tmp_path / name, data_config, steps=2, seed=7),
+            trained_teacher.teacher,
+        )
+        return load_file(str(out.student_dir / "model.safetensors"))
+
+    for run in (teacher_run, student_run):
+        torch.manual_seed(1)
+        first = run(f"{run.__name__}-a")
+        torch.manual_seed(2)
+        torch.rand(1000)  # a caller that used the global RNG differently
+        second = run(f"{run.__name__}-b")
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), run.__name__

@@ -4,7 +4,8 @@ Stages (each cached under ``OUT/cache/<quick|full>/``; a rerun reuses them, an i
 
 1. forgery-kd's synthetic forgery set (real and manipulated "videos" in the DeepfakeBench layout), a tiny
    dual-branch teacher trained on it and distilled into a smaller RGB student (dedicated projectors and
-   RotoGrad homogenization), exported as a detector and evaluated on the held-out test split;
+   RotoGrad homogenization), exported as a detector, its threshold calibrated on the validation split
+   (5 % false-positive rate) and evaluated on the held-out test split;
 2. the screening folder: scikit-learn digits, patches of scikit-image photos and LFW faces, sorted into
    ``<category>/`` folders, plus the first frame of every held-out synthetic video (real or forged) in
    ``forgery-set/``;
@@ -128,10 +129,10 @@ def _status(message: str, progress: bool):
 def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train (once) the tiny teacher and student on forgery-kd's synthetic set; returns the exported detector
     folder and its card (backbones, steps, parameters, test-split frame AUCs)."""
-    from difflab_core.tiny import seeded
     from forgery_kd import (
         DataConfig,
         TeacherTrainConfig,
+        calibrate_detector,
         count_parameters,
         distill,
         distill_variant,
@@ -143,7 +144,9 @@ def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[s
     card_path = cache / "detector.json"
     detector_dir = cache / "student" / "student"
     if card_path.is_file():
-        return detector_dir, json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text())
+        if "threshold" in card:  # a card from before threshold calibration: resume below and calibrate
+            return detector_dir, card
     data_dir = cache / "forgeries"
     if not (data_dir / "json" / "Synthetic.json").is_file():
         with _status("writing forgery-kd's synthetic forgery set", progress):
@@ -154,27 +157,28 @@ def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[s
         str(data_dir / "json"), ("Synthetic",), str(data_dir), frame_num=FRAMES, img_size=IMG_SIZE
     )
     common = {"data": data, "batch_size": 16, "lr": 2e-3, "seed": 0, "progress": progress}
-    with seeded(0):  # the models are initialised before forgery-kd's trainer seeds itself
-        teacher = train_teacher(
-            TeacherTrainConfig(
-                out_dir=str(cache / "teacher"),
-                spatial=TEACHER_BACKBONE,
-                frequency=TEACHER_BACKBONE,
-                steps=size.teacher_steps,
-                **common,
-            )
-        ).teacher
-        student = distill(
-            distill_variant(
-                VARIANT,
-                out_dir=str(cache / "student"),
-                student=STUDENT_BACKBONE,
-                steps=size.student_steps,
-                cache_teacher=True,
-                **common,
-            ),
-            teacher,
+    teacher = train_teacher(
+        TeacherTrainConfig(
+            out_dir=str(cache / "teacher"),
+            spatial=TEACHER_BACKBONE,
+            frequency=TEACHER_BACKBONE,
+            steps=size.teacher_steps,
+            **common,
         )
+    ).teacher
+    student = distill(
+        distill_variant(
+            VARIANT,
+            out_dir=str(cache / "student"),
+            student=STUDENT_BACKBONE,
+            steps=size.student_steps,
+            cache_teacher=True,
+            **common,
+        ),
+        teacher,
+    )
+    with _status("calibrating the detector's threshold on the held-out validation videos", progress):
+        calibration = calibrate_detector(student.student_dir, data.dataset("val"))
     with _status("evaluating teacher and student on the held-out synthetic videos", progress):
         test = data.dataset("test")
         card = {
@@ -187,6 +191,11 @@ def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[s
             "params_student": count_parameters(student.student),
             "teacher_test_frame_auc": evaluate(teacher, test)["frame"]["auc"],
             "student_test_frame_auc": evaluate(student.student, test)["frame"]["auc"],
+            "threshold": calibration.threshold,
+            "threshold_target_fpr": calibration.target_fpr,
+            "threshold_val_fpr": calibration.fpr,
+            "threshold_val_tpr": calibration.tpr,
+            "youden_threshold": calibration.youden_threshold,
         }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return student.student_dir, card
@@ -325,7 +334,9 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
         f"from a {card['teacher']} teacher ({card['params_teacher']:,}) with {card['variant']}, "
         f"{card['teacher_steps']} + {card['student_steps']} steps on the synthetic training split; on the "
         f"held-out test frames the teacher's AUC is {card['teacher_test_frame_auc']:.3f} and the student's "
-        f"{card['student_test_frame_auc']:.3f}.",
+        f"{card['student_test_frame_auc']:.3f}. Flag threshold P(fake) >= {card['threshold']:.3f}, picked on the "
+        f"held-out validation frames for a false-positive rate of at most {card['threshold_target_fpr']:.0%} "
+        f"(there: FPR {card['threshold_val_fpr']:.3f}, TPR {card['threshold_val_tpr']:.3f}).",
     ]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     settings["size"] = asdict(size)

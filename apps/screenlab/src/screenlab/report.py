@@ -124,7 +124,7 @@ def write_report(
         fg = f["forgery"]
         rep.add_text(
             f"{fg['n_flagged']} of {fg['n_scored']} images flagged (P(fake) >= {fg['threshold']:.2f}, the "
-            f"detector's threshold). "
+            f"detector's threshold: {fg['threshold_source']}). "
             + (
                 f"On the {fg['n_known']} images whose forgery truth is known: ROC AUC {fg['auc']:.3f}, "
                 f"recall {fg['recall']:.3f}, false-positive rate {fg['false_positive_rate']:.3f}."

@@ -130,9 +130,8 @@ def _label_stage(
         budget = None if cfg.max_cost_usd is None else cfg.max_cost_usd - _spent(out)
         if budget is not None and budget <= 0:
             return "budget_reached", f"the budget of ${cfg.max_cost_usd} is spent"
-        distinct = list({req.key: req for req in requests}.values())  # identical images: ask once
         summary = run_batch(
-            distinct,
+            requests,
             client,
             out / ("vlm" if name == "labels" else name),
             workers=cfg.workers,
@@ -180,18 +179,15 @@ def _load_detector(directory: str | Path | None, device: str):
     """forgery-kd's `ForgeryDetector` from an exported folder, and the sha256 of its weights (None, None)."""
     if directory is None:
         return None, None
-    from difflab_core.loading import file_sha256
     from forgery_kd import ForgeryDetector
-    from forgery_kd.models import WEIGHTS_FILE
 
-    directory = Path(directory)
-    if not directory.is_dir():
+    if not Path(directory).is_dir():
         raise ScreenlabError(
             f"--detector {directory}: not a folder; give the detector folder forgery-kd exported "
             "(config.json + model.safetensors, e.g. runs/student/student)"
         )
     detector = ForgeryDetector.load(directory, device=device)
-    return detector, file_sha256(directory / WEIGHTS_FILE)
+    return detector, detector.weights_sha256
 
 
 def _progress(enabled: bool):

@@ -74,6 +74,7 @@ def _forgery(rows: list[dict], detector) -> tuple[dict[str, Any], tuple[list[flo
         "n_scored": len(scored),
         "n_flagged": int(sum(r["flagged"] for r in scored)),
         "threshold": detector.threshold,
+        "threshold_source": detector.threshold_source,
         "n_known": len(known),
         "auc": None,
         "recall": None,

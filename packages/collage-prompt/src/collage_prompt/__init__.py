@@ -26,6 +26,13 @@ from collage_prompt.optimize import (
     optimize_arrangement,
     similarity_scorer,
 )
+from collage_prompt.plan import (
+    AccuracyTable,
+    BudgetPlan,
+    PlanOption,
+    plan_budget,
+    simulated_accuracy_table,
+)
 from collage_prompt.predictor import (
     CollageGCN,
     CollageSample,
@@ -48,8 +55,10 @@ from collage_prompt.simulate import CellClassifier, SimConfig, SimulatedVLM
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyTable",
     "Arrangement",
     "BatchSummary",
+    "BudgetPlan",
     "CSVDataset",
     "CellClassifier",
     "CollageGCN",
@@ -66,6 +75,7 @@ __all__ = [
     "OfficialLikeGCN",
     "OpenAIChatClient",
     "ParseResult",
+    "PlanOption",
     "PredictorConfig",
     "PriceTable",
     "PromptTemplate",
@@ -101,11 +111,13 @@ __all__ = [
     "optimize_arrangement",
     "parse_answer",
     "pce",
+    "plan_budget",
     "query_cost",
     "render_collage",
     "run_batch",
     "score",
     "similarity_scorer",
+    "simulated_accuracy_table",
     "symmetry_group",
     "train_predictor",
 ]

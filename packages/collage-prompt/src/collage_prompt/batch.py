@@ -114,7 +114,8 @@ class RateLimiter:
 class BatchSummary:
     """Outcome of :func:`run_batch`. ``status``: complete, budget_reached, aborted or interrupted.
 
-    ``records`` maps each request key to its stored result record (this run's and earlier ones).
+    ``records`` maps each request key to its stored result record (this run's and earlier ones); requests
+    that repeat an earlier one of the same call (``n_duplicates``) share its record.
     """
 
     status: str
@@ -122,6 +123,7 @@ class BatchSummary:
     n_ok: int = 0
     n_skipped: int = 0
     n_failed: int = 0
+    n_duplicates: int = 0
     n_calls: int = 0
     cost_usd: float = 0.0
     error: str | None = None
@@ -155,6 +157,9 @@ def run_batch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> BatchSummary:
     """Send every request not already in ``store`` (a folder) and record the answers.
+
+    Identical requests (the same :func:`store_key`) are sent once; every caller finds the answer in
+    ``summary.records[req.key]``.
 
     ``max_cost_usd`` reserves each request's estimated cost before sending and stops submitting when the next
     one would exceed it (status ``budget_reached``). A :class:`RunFatalError` stops submission (``aborted``);
@@ -255,11 +260,14 @@ def run_batch(
         summary.records[req.key] = rec
         summary.n_ok += 1
 
+    distinct: dict[str, VLMRequest] = {}
+    for req in requests:
+        distinct.setdefault(store_key(req, client), req)
+    summary.n_duplicates = len(requests) - len(distinct)
     pending: dict[Future, tuple[str, VLMRequest, float]] = {}
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for req in requests:
-            key = store_key(req, client)
+        for key, req in distinct.items():
             if results.done(key):
                 summary.records[req.key] = next(r for r in results.records() if r["key"] == key)
                 summary.n_skipped += 1

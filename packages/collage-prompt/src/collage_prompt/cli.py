@@ -55,6 +55,24 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _plan(n_images, cats, budget, model, table_path, sim_dataset, sim_sets, prices) -> None:
+    from collage_prompt.plan import AccuracyTable, plan_budget, simulated_accuracy_table
+
+    if table_path is not None:
+        table = AccuracyTable.load(table_path)
+    else:
+        data, order, n, _, sim = _simulator(sim_dataset, 0)
+        table = simulated_accuracy_table(sim, data, order[n:], n_sets=sim_sets)
+    plan = plan_budget(n_images, cats, budget, table, model, prices=prices)
+    typer.echo(json.dumps(plan.to_dict(), indent=2))
+    if plan.best is None:
+        cheapest = min(plan.options, key=lambda o: o.usd_total)
+        raise CollagePromptError(
+            f"--budget {budget}: no grid labels {n_images} images within it; the cheapest is "
+            f"{cheapest.grid}/{cheapest.detail} at ${cheapest.usd_total:.4f}"
+        )
+
+
 @app.command()
 @_clean_errors
 def cost(
@@ -65,12 +83,24 @@ def cost(
     classes: Path = typer.Option(None, help="classes.json / classes.txt (default: 10 dummy classes)."),
     image_side: int = typer.Option(None, help="Image side in px for 1x1 (default: the collage size)."),
     prices: Path = typer.Option(None, help="Your prices.json."),
+    budget: float = typer.Option(
+        None,
+        help="USD budget: plan the grid (1x1..4x4) and detail with the best expected accuracy within it.",
+    ),
+    accuracy_table: Path = typer.Option(
+        None, help="With --budget: your accuracy-by-grid JSON (default: the simulated VLM on --sim-dataset)."
+    ),
+    sim_dataset: str = typer.Option("digits", help="With --budget: offline dataset for the simulated table."),
+    sim_sets: int = typer.Option(20, help="With --budget: image sets per grid for the simulated table."),
 ) -> None:
-    """Estimate tokens and USD for labelling N images with one grid."""
+    """Estimate tokens and USD for labelling N images with one grid, or with --budget plan the grid."""
     from collage_prompt.cost import PriceTable, estimate
     from collage_prompt.prompt import load_classes
 
     cats = load_classes(classes) if classes else [f"class {i}" for i in range(10)]
+    if budget is not None:
+        _plan(n_images, cats, budget, model, accuracy_table, sim_dataset, sim_sets, PriceTable.load(prices))
+        return
     size = (image_side, image_side) if image_side else None
     est = estimate(
         _grid(grid), cats, model, detail, n_images, image_size=size, prices=PriceTable.load(prices)
@@ -301,8 +331,10 @@ def evaluate(
     out: Path = typer.Option(Path("collage-eval")),
     seed: int = typer.Option(0),
 ) -> None:
-    """Standard vs collage prompting (random and similarity arrangements) on the simulated VLM."""
+    """Standard vs collage prompting (random and similarity arrangements) on the simulated VLM; prints the
+    accuracy and cost per grid/method and writes OUT/report.json + OUT/report.html."""
     from collage_prompt.evaluate import evaluate_protocol
+    from collage_prompt.report import write_evaluation_report
 
     data, order, n, clf, sim = _simulator(dataset, seed)
     specs = [_grid(g) for g in grids.split(",")]
@@ -326,3 +358,14 @@ def evaluate(
             indent=2,
         )
     )
+    html_path, json_path = write_evaluation_report(
+        report,
+        out,
+        title=f"collage-prompt evaluation: {dataset}, {grids}",
+        notes=[
+            f"Simulated VLM (offline) on the {dataset} dataset, seed {seed}: its classifier is fitted on a third "
+            f"of the images, {n_sets} test sets per grid come from the rest. Costs use the simulator's usage "
+            "at gpt-4o prices; the figures are not comparable to a real VLM.",
+        ],
+    )
+    typer.echo(f"wrote {html_path} and {json_path}", err=True)

@@ -232,10 +232,9 @@ class SimulatedVLM:
             [self._cache[key][1] for key in keys]
         )
 
-    def complete(self, req):
-        """Answer one request (see the module docstring)."""
-        from collage_prompt.client import VLMResponse
-
+    def _view(self, req) -> tuple[GridSpec, Image.Image, float, np.ndarray, np.ndarray, np.ndarray]:
+        """What the simulator sees of a request: ``(spec, image, scale, probs (K, C), feats (K, D), truth (K,))``
+        (``image`` downsized by ``scale`` at low detail)."""
         grid = req.meta.get("grid")
         if grid is None:
             raise CollagePromptError("SimulatedVLM: the request has no meta['grid'] layout")
@@ -248,6 +247,21 @@ class SimulatedVLM:
             image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)), Image.BILINEAR)
         probs, feats = self._cells(image, spec, scale)
         truth = np.asarray(req.meta.get("truth", probs.argmax(1)))
+        return spec, image, scale, probs, feats, truth
+
+    def expected_accuracy(self, req) -> float:
+        """The exact expected fraction of cells :meth:`complete` answers right for ``req`` (it needs
+        ``meta["truth"]``; malformed replies not counted), by :func:`expected_cell_accuracy`."""
+        if "truth" not in req.meta:
+            raise CollagePromptError("SimulatedVLM.expected_accuracy: the request has no meta['truth']")
+        spec, _, _, probs, feats, truth = self._view(req)
+        return float(expected_cell_accuracy(probs, feats, truth, spec.rows, spec.cols, self.config).mean())
+
+    def complete(self, req):
+        """Answer one request (see the module docstring)."""
+        from collage_prompt.client import VLMResponse
+
+        spec, image, scale, probs, feats, truth = self._view(req)
         rng = np.random.default_rng(int(req.key[:16], 16))
         pos, leak = cell_effects(feats, truth, spec.rows, spec.cols, self.config)
         q = _sharpen(probs, self.config.temperature)

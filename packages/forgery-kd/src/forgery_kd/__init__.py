@@ -59,6 +59,10 @@ _EXPORTS = {
     "distill_variant": "train",
     "evaluate": "train",
     "train_teacher": "train",
+    "ThresholdCalibration": "calibrate",
+    "calibrate_detector": "calibrate",
+    "calibrate_threshold": "calibrate",
+    "write_calibration": "calibrate",
     "ForgeryDetector": "detect",
     "VideoResult": "detect",
 }

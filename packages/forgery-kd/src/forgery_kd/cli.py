@@ -1,4 +1,5 @@
-"""The ``forgery-kd`` command line (typer): synth, prepare, train-teacher, distill, evaluate, predict, version."""
+"""The ``forgery-kd`` command line (typer): synth, prepare, train-teacher, distill, evaluate, calibrate, predict,
+version."""
 
 from __future__ import annotations
 
@@ -230,6 +231,29 @@ def evaluate(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     typer.echo(text)
+
+
+@app.command()
+def calibrate(
+    detector: Path = typer.Argument(..., help="exported student folder (its config.json is updated)"),
+    json_dir: Path = JSON_DIR,
+    name: list[str] = NAMES,
+    rgb_root: Path = RGB_ROOT,
+    compression: str = COMPRESSION,
+    frame_num: int = FRAME_NUM,
+    img_size: int = IMG_SIZE,
+    split: str = typer.Option("val", "--split", help="a held-out split (not the training one)"),
+    target_fpr: float = typer.Option(0.05, "--target-fpr", help="largest false-positive rate allowed"),
+) -> None:
+    """Pick the detector's threshold for a target false-positive rate on a held-out split and store it."""
+    try:
+        from .calibrate import calibrate_detector
+
+        dataset = _data(json_dir, name, rgb_root, compression, frame_num, img_size).dataset(split)
+        calibration = calibrate_detector(detector, dataset, target_fpr, split=split)
+    except ForgeryKDError as err:
+        _fail(err)
+    typer.echo(json.dumps(calibration.to_dict(), indent=2))
 
 
 @app.command()

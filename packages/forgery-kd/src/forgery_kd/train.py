@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from difflab_core.device import resolve_device
 from difflab_core.store import ResultStore
+from difflab_core.tiny import seeded
 from difflab_core.train import TrainConfig, Trainer, TrainResult, seeded_loader
 
 from .data import DeepfakeBenchDataset
@@ -249,19 +250,21 @@ class TeacherOutcome:
 def train_teacher(
     cfg: TeacherTrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None
 ) -> TeacherOutcome:
-    """Train a :class:`DualBranchTeacher`; writes ``<out_dir>/teacher`` (safetensors + config.json)."""
+    """Train a :class:`DualBranchTeacher` initialised under ``cfg.seed``; writes ``<out_dir>/teacher``
+    (safetensors + config.json). Two runs with the same config give identical weights."""
     train_set = train_set if train_set is not None else cfg.data.dataset("train")
     if cfg.eval_every and val_set is None:
         val_set = cfg.data.dataset("val")
-    teacher = DualBranchTeacher(
-        cfg.spatial,
-        cfg.frequency,
-        cfg.freq_transform,
-        cfg.data.img_size,
-        use=cfg.use,
-        spatial_weights=cfg.spatial_weights,
-        frequency_weights=cfg.frequency_weights,
-    )
+    with seeded(cfg.seed):  # the initial weights depend on cfg.seed only, not on the caller's RNG state
+        teacher = DualBranchTeacher(
+            cfg.spatial,
+            cfg.frequency,
+            cfg.freq_transform,
+            cfg.data.img_size,
+            use=cfg.use,
+            spatial_weights=cfg.spatial_weights,
+            frequency_weights=cfg.frequency_weights,
+        )
     loader = _loader(train_set, cfg)
     total = _steps(cfg, loader)
     guard = _NanGuard()
@@ -391,7 +394,13 @@ def _diagnostics_summary(path: Path) -> dict[str, float]:
 
 
 def build_distill_model(cfg: DistillConfig, teacher: DualBranchTeacher) -> DistillModel:
-    """The trainable :class:`DistillModel` for ``cfg`` against ``teacher``'s branch widths."""
+    """The trainable :class:`DistillModel` for ``cfg`` against ``teacher``'s branch widths, initialised
+    under ``cfg.seed`` (the same seed gives the same initial weights whatever the global RNG state)."""
+    with seeded(cfg.seed):
+        return _build_distill_model(cfg, teacher)
+
+
+def _build_distill_model(cfg: DistillConfig, teacher: DualBranchTeacher) -> DistillModel:
     student = Student(cfg.student, cfg.student_weights)
     channels = teacher.feature_channels
     if set(channels) != {"spa", "freq"} and (cfg.loss.beta_spa or cfg.loss.beta_freq):
