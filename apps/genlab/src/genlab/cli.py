@@ -5,7 +5,6 @@ Bad input prints one ``error:`` line and exits with status 1.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import typer
 
+from difflab_core.cli import one_line_errors
 from genlab import __version__
 from tan_transfer.cli import train as tan_train
 
@@ -30,22 +30,6 @@ app.command(
 )(tan_train)
 
 
-def _clean_errors(fn):
-    """Turn the packages' input errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from difflab_core.errors import DifflabError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DifflabError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
 def _ints(text: str, option: str) -> tuple[int, ...]:
     from difflab_core.errors import DifflabError
 
@@ -59,7 +43,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def demo(
     quick: bool = typer.Option(
         False, "--quick", help="the two-minute version (fewer iterations and samples)"
@@ -92,7 +76,7 @@ def demo(
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def sample(
     model: Path = typer.Option(..., "--model", help="local diffusers folder (UNet2DModel or a pipeline)"),
     out: Path = typer.Option(..., "--out", help="folder for the PNGs, grid.png and samples.json"),
@@ -149,7 +133,7 @@ def sample(
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def compare(
     model: Path = typer.Option(..., "--model", help="local unconditional diffusers folder (UNet2DModel)"),
     out: Path = typer.Option(

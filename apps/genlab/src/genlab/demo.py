@@ -16,13 +16,13 @@ or a resumed run skips finished stages):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from difflab_core.cli import status
 
 from .sampling import SAMPLERS, scheduler_spec
 
@@ -64,17 +64,6 @@ class DemoConfig:
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
-@contextmanager
-def _status(message: str, progress: bool) -> Iterator[None]:
-    if not progress:
-        yield
-        return
-    from rich.console import Console
-
-    with Console(stderr=True).status(message):
-        yield
-
-
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the demo; returns ``{"figures", "stages"}`` and writes the report into ``cfg.out``."""
     from difflab_core.store import cached_stage
@@ -83,7 +72,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     cache = Path(cfg.out) / "cache"
     adapt_cfg = {k: getattr(cfg, k) for k in ("seed", "shots", "target_class", "iterations", "batch_size")}
     adapt_cfg |= {"adversarial_steps": cfg.adversarial_steps, "samples": cfg.samples, "lr": cfg.lr}
-    with _status("adapting the digits DDPM to ten shots of a 9 (TAN)", progress):
+    with status("adapting the digits DDPM to ten shots of a 9 (TAN)", progress):
         adapt = cached_stage(cache, "adapt", adapt_cfg, lambda d: _adapt(cfg, d, progress))
     sampler_cfg = {
         "adapt": adapt["adapter_dir"],
@@ -91,11 +80,11 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         "nfes": list(cfg.nfes),
         "seed": cfg.seed,
     }
-    with _status("sampling the adapted model with DDIM, AMS and DPM-Solver++", progress):
+    with status("sampling the adapted model with DDIM, AMS and DPM-Solver++", progress):
         samplers = cached_stage(cache, "samplers", sampler_cfg, lambda d: _samplers(cfg, adapt, d))
     guide_cfg = {k: getattr(cfg, k) for k in ("guidance_steps", "guidance_per_class", "guidance_scale")}
     guide_cfg |= {"skip": cfg.compress_skip, "k": cfg.compress_k, "seed": cfg.seed}
-    with _status("classifier guidance: every step vs Compress Guidance", progress):
+    with status("classifier guidance: every step vs Compress Guidance", progress):
         guidance = cached_stage(cache, "guidance", guide_cfg, lambda d: _guidance(cfg, d))
     stages = {"adapt": adapt, "samplers": samplers, "guidance": guidance}
     figures = figures_from(stages, cfg)

@@ -6,7 +6,6 @@ Every command reads its defaults from the ``--config`` TOML file (see `memguard.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -14,27 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import typer
 
+from difflab_core.cli import one_line_errors
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Audit image and video generators for memorization, and generate with mitigation.",
 )
-
-
-def _clean_errors(fn):
-    """Turn the packages' input errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from difflab_core.errors import DifflabError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DifflabError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
 
 
 @app.callback()
@@ -65,7 +50,7 @@ def main(
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def demo(
     quick: bool = typer.Option(
         False, "--quick", help="20 steps and 1 image per prompt (full: 50 steps, 2 images)"
@@ -141,7 +126,7 @@ def _fmt(value) -> str:
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def audit(
     model: Path = typer.Option(..., "--model", "-m", help="local Stable Diffusion pipeline folder"),
     prompts: Path = typer.Option(..., "--prompts", "-p", help="prompt file: .txt, .jsonl, .csv or .parquet"),
@@ -183,7 +168,7 @@ def audit(
 
 
 @app.command()
-@_clean_errors
+@one_line_errors()
 def generate(
     model: Path = typer.Option(..., "--model", "-m", help="local Stable Diffusion pipeline folder"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the prompt"),
@@ -235,7 +220,7 @@ def generate(
 
 
 @app.command("video-audit")
-@_clean_errors
+@one_line_errors()
 def video_audit(
     training: Path = typer.Option(..., "--training", "-t", help="folder of training videos"),
     generated: Path | None = typer.Option(None, "--generated", "-g", help="folder of generated videos"),

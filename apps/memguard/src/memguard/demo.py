@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from difflab_core.cli import status
+
 DETECTORS = ("be", "wen", "ren_le", "ren_ae")
 MITIGATIONS = ("be-pe", "pe", "amg")
 
@@ -73,19 +75,11 @@ class DemoResult:
     report_json: Path
 
 
-def _status(message: str, progress: bool):
-    from contextlib import nullcontext
-
-    from rich.console import Console
-
-    return Console(stderr=True).status(message) if progress else nullcontext()
-
-
 def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
     """Run (or resume) the demo and write the report; see the module docstring."""
     from difflab_core.testbed import load_memorization_testbed
 
-    with _status("loading the memorization testbed", progress):
+    with status("loading the memorization testbed", progress):
         tb = load_memorization_testbed(device=config.device)
         tb.pipe.set_progress_bar_config(disable=True)
     cfg = config.resolved(tb.audit.num_inference_steps)
@@ -108,7 +102,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
     mitigation = _mitigate(tb, cfg, work, run, records, flags, progress)
     figures.update(_before_after(records, verdicts_before, mitigation, flags))
     if cfg.video:
-        with _status("auditing the planted video testbed", progress):
+        with status("auditing the planted video testbed", progress):
             figures.update(_video(Path(cfg.out) / "cache"))
 
     from .demo_report import write_report

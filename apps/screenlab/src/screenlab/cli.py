@@ -6,7 +6,6 @@ aborted by the endpoint (bad key, unknown model, no quota) exits 3.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import typer
 
+from difflab_core.cli import one_line_errors
 from screenlab import __version__
 
 app = typer.Typer(
@@ -21,23 +21,6 @@ app = typer.Typer(
     help="Screen image collections: cheap labels by collage prompting and face-forgery flags from a distilled detector.",
     no_args_is_help=True,
 )
-
-
-def _clean_errors(fn):
-    """Turn input errors into one line on stderr and exit status 1; Ctrl-C into exit status 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished rows are saved; rerun the same command to continue", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -69,7 +52,7 @@ def _headline(figures: dict) -> list[str]:
 
 
 @app.command()
-@_clean_errors
+@one_line_errors(interrupted="finished rows are saved; rerun the same command to continue")
 def demo(
     quick: bool = typer.Option(
         False, "--quick", help="a smaller set and shorter training (about a minute or two on CPU)"
@@ -131,7 +114,7 @@ def _exit_for(result) -> None:
 
 
 @app.command()
-@_clean_errors
+@one_line_errors(interrupted="finished rows are saved; rerun the same command to continue")
 def run(
     folder: Path = typer.Argument(
         ..., help="images to screen (also in sub-folders; folder/<category>/ gives truth)"

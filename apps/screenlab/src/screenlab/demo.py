@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from collage_prompt.prompt import ClassList
+from difflab_core.cli import status
 
 from .errors import ScreenlabError
 from .images import scan_folder
@@ -117,14 +118,6 @@ def demo_categories() -> ClassList:
     )
 
 
-def _status(message: str, progress: bool):
-    from contextlib import nullcontext
-
-    from rich.console import Console
-
-    return Console(stderr=True).status(message) if progress else nullcontext()
-
-
 # ------------------------------------------------------------------------------------------ detector
 def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train (once) the tiny teacher and student on forgery-kd's synthetic set; returns the exported detector
@@ -149,7 +142,7 @@ def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[s
             return detector_dir, card
     data_dir = cache / "forgeries"
     if not (data_dir / "json" / "Synthetic.json").is_file():
-        with _status("writing forgery-kd's synthetic forgery set", progress):
+        with status("writing forgery-kd's synthetic forgery set", progress):
             make_synthetic_forgeries(
                 data_dir, n_videos=size.videos, frames=FRAMES, size=IMG_SIZE, seed=0, difficulty=0.0
             )
@@ -177,9 +170,9 @@ def _detector(cache: Path, size: DemoSize, progress: bool) -> tuple[Path, dict[s
         ),
         teacher,
     )
-    with _status("calibrating the detector's threshold on the held-out validation videos", progress):
+    with status("calibrating the detector's threshold on the held-out validation videos", progress):
         calibration = calibrate_detector(student.student_dir, data.dataset("val"))
-    with _status("evaluating teacher and student on the held-out synthetic videos", progress):
+    with status("evaluating teacher and student on the held-out synthetic videos", progress):
         test = data.dataset("test")
         card = {
             "teacher": f"{TEACHER_BACKBONE} (RGB) + {TEACHER_BACKBONE} (FAD frequency)",
@@ -282,7 +275,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoResult:
     cache.mkdir(parents=True, exist_ok=True)
     detector_dir, card = _detector(cache, size, progress)
     categories = demo_categories()
-    with _status("preparing the screening folder and the simulated VLM", progress):
+    with status("preparing the screening folder and the simulated VLM", progress):
         screened, train_images, train_labels = _bundled(size, categories)
         root = cache / "screening-set"
         forged = _screening_set(root, screened, cache / "forgeries")

@@ -5,7 +5,6 @@ Bad input prints one ``error:`` line and exits non-zero.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import typer
 
 from diffact.cli import app as diffact_app
+from difflab_core.cli import one_line_errors
 from difftriplet import cli as difftriplet_cli
 from videolab import __version__
 
@@ -43,24 +43,8 @@ for name, command in (
 app.add_typer(triplet, name="triplet")
 
 
-def _clean_errors(fn):
-    """Turn the packages' input errors into one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from difflab_core.errors import DifflabError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DifflabError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
 @app.command()
-@_clean_errors
+@one_line_errors()
 def demo(
     quick: bool = typer.Option(False, "--quick", help="the two-minute version (fewer training steps)"),
     out: Path = typer.Option(

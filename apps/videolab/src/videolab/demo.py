@@ -11,11 +11,11 @@ Stages, each cached under ``OUT/cache/<stage>-<fingerprint>/`` (`difflab_core.st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from difflab_core.cli import status
 
 
 @dataclass
@@ -38,26 +38,15 @@ class DemoConfig:
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
-@contextmanager
-def _status(message: str, progress: bool) -> Iterator[None]:
-    if not progress:
-        yield
-        return
-    from rich.console import Console
-
-    with Console(stderr=True).status(message):
-        yield
-
-
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the demo; returns ``{"figures", "stages"}`` and writes the report into ``cfg.out``."""
     from difflab_core.store import cached_stage
 
     cache = Path(cfg.out) / "cache"
     seg_cfg = {k: getattr(cfg, k) for k in ("seed", "segment_videos", "segment_test_videos", "segment_steps")}
-    with _status("action segmentation: synthetic MS-TCN data, DiffAct training", progress):
+    with status("action segmentation: synthetic MS-TCN data, DiffAct training", progress):
         segment = cached_stage(cache, "segment", seg_cfg | {"plots": cfg.plots}, lambda d: _segment(cfg, d))
-    with _status("surgical triplets: synthetic CholecT50, DiffTriplet training", progress):
+    with status("surgical triplets: synthetic CholecT50, DiffTriplet training", progress):
         triplet = cached_stage(
             cache, "triplet", {"seed": cfg.seed, "steps": cfg.triplet_steps}, lambda d: _triplet(cfg, d)
         )
