@@ -60,14 +60,15 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def _segment(cfg: DemoConfig, stage: Path) -> dict[str, Any]:
     from diffact import (
-        DiffActSegmenter,
         make_mstcn_dataset,
         preset,
+        read_bundle,
         read_labels,
         read_mapping,
         save_segment_plot,
         train_fold,
     )
+    from diffact.metrics import read_prediction
 
     data = make_mstcn_dataset(
         stage / "data",
@@ -84,22 +85,15 @@ def _segment(cfg: DemoConfig, stage: Path) -> dict[str, Any]:
     )
     result = train_fold(model_cfg, stage / "data", 1, stage / "run")
     names = read_mapping(data / "mapping.txt")
-    segmenter = DiffActSegmenter.from_pretrained(stage / "run", device=cfg.device)
-    test_videos = sorted(
-        line.strip().removesuffix(".txt")
-        for line in (data / "splits" / "test.split1.bundle").read_text().splitlines()
-        if line.strip()
-    )
+    test_videos = sorted(read_bundle(data / "splits" / "test.split1.bundle"))
     plots = []
-    import numpy as np
-
-    for video in test_videos[: cfg.plots]:
+    for video in test_videos[: cfg.plots]:  # train_fold exported the selected model's test predictions
         truth = read_labels(data / "groundTruth" / f"{video}.txt")
-        pred = segmenter.predict(np.load(data / "features" / f"{video}.npy"), name=video)
+        pred = read_prediction(stage / "run" / "prediction" / f"{video}.txt")
         path = save_segment_plot(
-            stage / f"segments_{video}.png", [("ground truth", truth), ("DiffAct", pred.names)], names
+            stage / f"segments_{video}.png", [("ground truth", truth), ("DiffAct", pred)], names
         )
-        plots.append({"video": video, "plot": path.name, "truth": truth, "prediction": pred.names})
+        plots.append({"video": video, "plot": path.name, "truth": truth, "prediction": pred})
     return {
         "steps": result.steps,
         "selected_step": result.selected_step,
