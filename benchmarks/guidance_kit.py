@@ -1,7 +1,8 @@
-"""Benchmark guidance-kit (spec §6): prints one JSON object. ``--quick`` costs ≈ 80 s of CPU on the shared 2-core box
-(≈ 28 s of it importing torch/diffusers); timings are process CPU seconds at one thread.
+"""Benchmark guidance-kit (spec §6): prints one JSON object; timings are process CPU seconds at one thread.
 
-The measurements live in `guidance_kit.bench` (also behind ``guidance-kit bench``)."""
+The measurements live in `guidance_kit.bench` (also behind ``guidance-kit bench``). The measurements cost ≈ 45 s
+of CPU; importing torch, diffusers and transformers adds ≈ 12 s where their bytecode is cached and ≈ 30 s where
+it is not (a box with PYTHONDONTWRITEBYTECODE set recompiles them on every run)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from difflab_core.tracking import DenoiserCall, DenoiserEditHook
 
 from .denoiser import GuidanceRun, resolve_denoiser
 from .errors import GuidanceKitError
-from .noise import NoiseLevels, alpha_bar, prediction_type
+from .noise import NoiseLevels, alpha_bar, mean_shift_factor, prediction_type
 from .schedules import StepSchedule, check_compress_args, compress_schedule, interval_schedule, sigmas_at
 
 __all__ = [
@@ -240,18 +240,6 @@ class _ClassifierHandler(_Scheduled):
         self.run.stats["classifier_calls"] += 1
         return grad
 
-    def _mean_shift_factor(self, call: DenoiserCall, abar: float) -> float:
-        """δε per unit of Σ_t·∇ for the DDPM mean: −√α_t·√(1−ᾱ_t)/β_t·Σ_t, between sampled timesteps."""
-        ts = [int(v) for v in call.scheduler.timesteps]
-        pos = len(ts) - call.n + call.j
-        abar_prev = alpha_bar(call.scheduler, ts[pos + 1]) if pos + 1 < len(ts) else 1.0
-        alpha = abar / abar_prev
-        beta = 1 - alpha
-        if beta <= 0:
-            return 0.0
-        variance = (1 - abar_prev) / (1 - abar) * beta
-        return -(alpha**0.5) * (1 - abar) ** 0.5 / beta * variance
-
     def after(self, call: DenoiserCall) -> torch.Tensor | None:
         guided, w = self.guided(call)
         schedule = self.schedule
@@ -270,7 +258,7 @@ class _ClassifierHandler(_Scheduled):
         if self.form == "eps":
             delta_eps = -levels.s * self.scale * w * self.last_grad
         else:
-            delta_eps = self._mean_shift_factor(call, abar) * self.scale * w * self.last_grad
+            delta_eps = mean_shift_factor(call, abar) * self.scale * w * self.last_grad
         out = call.output.clone()
         channels = x_t.shape[1]
         delta = levels.delta_from_eps(delta_eps).to(out.dtype)

@@ -9,7 +9,7 @@ import torch
 
 from .errors import GuidanceKitError
 
-__all__ = ["NoiseLevels", "alpha_bar", "prediction_type"]
+__all__ = ["NoiseLevels", "alpha_bar", "mean_shift_factor", "prediction_type"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -37,6 +37,21 @@ def alpha_bar(scheduler, timestep) -> float:
         raise GuidanceKitError(f"timestep {t} is not in the scheduler's timesteps")
     sigma = float(sigmas[int(hits[0])])
     return 1.0 / (1.0 + sigma**2)
+
+
+def mean_shift_factor(call, abar: float) -> float:
+    """δε per unit of Σ_t·∇ for a DDPM mean shift μ + Σ_t·∇: −√α_t·√(1−ᾱ_t)/β_t·Σ_t, with α_t, β_t and the
+    posterior variance Σ_t taken between ``call``'s sampled timestep and the next one (exact for
+    `DDPMScheduler` with fixed small variance; 0 where β_t ≤ 0)."""
+    ts = [int(v) for v in call.scheduler.timesteps]
+    pos = len(ts) - call.n + call.j
+    abar_prev = alpha_bar(call.scheduler, ts[pos + 1]) if pos + 1 < len(ts) else 1.0
+    alpha = abar / abar_prev
+    beta = 1 - alpha
+    if beta <= 0:
+        return 0.0
+    variance = (1 - abar_prev) / (1 - abar) * beta
+    return -(alpha**0.5) * (1 - abar) ** 0.5 / beta * variance
 
 
 class NoiseLevels:

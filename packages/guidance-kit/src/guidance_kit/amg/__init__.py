@@ -2,6 +2,7 @@
 
 from .config import TERMS, AMGConfig
 from .guidance import AMGStepRecord, AntiMemorizationGuidance
+from .noised import NoisedPixelDistance
 from .profiles import SIM_SCALE_GRID, SIM_SCALES
 from .run import AMGResult, amg, calibrate, generate_with_amg, pipeline_decoder
 from .similarity import Detection, EmbeddingSimilarity, PixelSimilarity, SSIMSimilarity, make_similarity
@@ -16,6 +17,7 @@ __all__ = [
     "AntiMemorizationGuidance",
     "Detection",
     "EmbeddingSimilarity",
+    "NoisedPixelDistance",
     "PixelSimilarity",
     "SSIMSimilarity",
     "amg",

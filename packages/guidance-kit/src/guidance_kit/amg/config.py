@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field, replace
 from ..errors import GuidanceKitError
 from .profiles import SIM_SCALES
 
-__all__ = ["TERMS", "AMGConfig"]
+__all__ = ["GRADS", "TERMS", "AMGConfig"]
 
 TERMS = ("spe", "dup", "sim")
+GRADS = ("x0", "through_unet")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ class AMGConfig:
     −min((1−ᾱ)/ᾱ, cap)·c₃·∇σ₂); 212 is Stable Diffusion's value at t = T, where the official constants were
     set, so SD runs are unaffected; schedules with ᾱ_T → 0 (cosine, zero-SNR) would otherwise explode
     [reconstruction]. None disables the cap.
+    ``grad``: how G_sim differentiates σ₂ by x_t: "x0" (official code: through x̂₀ with ε̂′ held constant,
+    ∇_{x_t} = ∇_{x̂₀}/√ᾱ_t) or "through_unet" (the paper's literal gradient: ε̂′(x_t) is re-evaluated with
+    autograd through the denoiser calls that make it, about 3× a firing step's cost).
+    ``detection``: "x0" (x̂₀ against the index, the paper's SD path) or "noised" (the iDDPM code: x_t against
+    the noised training images, G_sim only, see `official_iddpm`). ``noised_*`` apply only to "noised":
+    λ(f) = top − span·exp(−rate·f) with ``noised_lambda`` = (top, span, rate), f = t/T; guidance is armed by a
+    step with r < ``noised_arm`` and then fires while r < λ(f), shifting the DDPM mean by
+    Σ_t·``noised_scale``·(λ − r)·∇_{x_t}r; after ``noised_pause_after`` consecutive armed steps without firing,
+    detection pauses for ``noised_pause_steps`` steps.
     ``compress_skip``: with a value, CFG runs only on the Compress schedule's steps (and inside G_dup holds).
     """
 
@@ -55,6 +65,12 @@ class AMGConfig:
     pixel_k: int = 50
     compress_skip: int | None = None
     compress_k: float = 2.0
+    detection: str = "x0"
+    noised_lambda: tuple[float, float, float] = (1.95, 0.45, 6.25)
+    noised_arm: float = 1.5
+    noised_scale: float = 8e4
+    noised_pause_after: int = 3
+    noised_pause_steps: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", frozenset(self.terms))
@@ -67,10 +83,19 @@ class AMGConfig:
             raise GuidanceKitError(f"backend={self.backend!r}: use 'pixel', 'ssim', 'sscd' or 'embedding'")
         if self.dup_mode not in ("neighbourhood", "nearest"):
             raise GuidanceKitError(f"dup_mode={self.dup_mode!r}: use 'neighbourhood' or 'nearest'")
-        if self.grad != "x0":
+        if self.grad not in GRADS:
             raise GuidanceKitError(
-                f"grad={self.grad!r}: only 'x0' (the official code's gradient through x̂₀) is implemented"
+                f"grad={self.grad!r}: use 'x0' (the official code's gradient through x̂₀ only) or "
+                "'through_unet' (the paper's gradient through the denoiser)"
             )
+        if self.detection not in ("x0", "noised"):
+            raise GuidanceKitError(f"detection={self.detection!r}: use 'x0' or 'noised'")
+        if self.detection == "noised" and (self.terms - {"sim"} or self.backend != "pixel"):
+            raise GuidanceKitError(
+                "detection='noised' (the iDDPM code path) supports terms={'sim'} with backend='pixel' only"
+            )
+        if self.noised_pause_after < 1 or self.noised_pause_steps < 0 or self.noised_scale < 0:
+            raise GuidanceKitError("noised_pause_after must be ≥ 1, noised_pause_steps and noised_scale ≥ 0")
         if not isinstance(self.detect_every, int) or self.detect_every < 1:
             raise GuidanceKitError(f"detect_every must be an integer ≥ 1, got {self.detect_every!r}")
         if self.dup_hold < 1 or self.pixel_k < 1 or self.dup_neighbours < 1:
@@ -83,6 +108,11 @@ class AMGConfig:
             )
         if self.sim_scale is not None and not self.sim_scale >= 0:
             raise GuidanceKitError(f"sim_scale must be ≥ 0 or None, got {self.sim_scale!r}")
+
+    def noised_lambda_at(self, f: float) -> float:
+        """The iDDPM threshold on r: λ(f) = top − span·exp(−rate·f), f = t/T (1.5 at 0, 1.9491 at 1)."""
+        top, span, rate = self.noised_lambda
+        return top - span * math.exp(-rate * f)
 
     def lambda_t(self, t_prime: float) -> float:
         """λ_t = floor + span·exp(−rate·t′), t′ = 1000·t/T."""
@@ -107,8 +137,16 @@ class AMGConfig:
 
     @classmethod
     def paper(cls, **changes) -> AMGConfig:
-        """The paper's wording: y_N is the nearest neighbour's caption."""
-        return cls(dup_mode="nearest", **changes)
+        """The paper's wording: y_N is the nearest neighbour's caption, and G_sim's gradient runs through the
+        denoiser."""
+        return cls(**({"dup_mode": "nearest", "grad": "through_unet"} | changes))
+
+    @classmethod
+    def official_iddpm(cls, **changes) -> AMGConfig:
+        """The CIFAR-10 (improved-DDPM) code path: G_sim only, r from x_t to the noised training set, armed at
+        r < 1.5, fires while r < λ(f) with the DDPM mean shift Σ_t·8·10⁴·(λ − r)·∇r, pauses 10 steps after 3
+        misses."""
+        return cls(**({"terms": frozenset({"sim"}), "detection": "noised"} | changes))
 
     @classmethod
     def official_sd(cls, **changes) -> AMGConfig:

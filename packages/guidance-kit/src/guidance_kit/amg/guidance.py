@@ -6,7 +6,8 @@ Per denoiser call, per sample: x̂₀ from the post-CFG prediction ε̂ = u + g(
 - G_spe: ε̂′ = u + (g − s₁)(c−u), s₁ = clip(σ₁(g−1)/0.5, 0, g−1);
 - G_dup: − s₂(ε(x_t, y_N) − u), s₂ = clip(σ₁(g−1−s₁)/0.3, 0, g−1−s₁), held 10 steps from a trigger;
 - G_sim: + √(1−ᾱ_t)·c₃·∇_{x_t}σ₂, c₃ = c_sim(σ₂ − 0.3)·exp((1000−t′)/170), σ₂ on x̂₀′ of ε̂′, the gradient
-  through x̂₀ only (∇_{x_t} = ∇_{x̂₀}/√ᾱ_t); the implied x̂₀ shift is capped (`AMGConfig.sim_max_noise_ratio`).
+  through x̂₀ only (∇_{x_t} = ∇_{x̂₀}/√ᾱ_t; ``grad="x0"``) or through the denoiser (``grad="through_unet"``);
+  the implied x̂₀ shift is capped (`AMGConfig.sim_max_noise_ratio`).
 
 `edit` returns None when nothing fires, so the pipeline's own output is used untouched (bit-identical).
 All algebra happens in the model's prediction space (ε, v or x₀), which is affine in ε at fixed x_t.
@@ -24,8 +25,9 @@ from torch import Tensor
 
 from difflab_core.tracking import DenoiserCall
 
-from ..noise import NoiseLevels, alpha_bar, prediction_type
+from ..noise import NoiseLevels, alpha_bar, mean_shift_factor, prediction_type
 from .config import AMGConfig
+from .noised import NoisedPixelDistance
 from .similarity import make_similarity
 
 __all__ = ["AMGStepRecord", "AntiMemorizationGuidance"]
@@ -53,6 +55,8 @@ class AMGStepRecord:
     cfg_on: bool = False
     nan: bool = False
     ms: float = 0.0
+    r: float | None = None
+    paused: bool = False
 
     @property
     def fired(self) -> bool:
@@ -81,6 +85,8 @@ class AntiMemorizationGuidance:
         index: the `NeighbourIndex` of training images.
         captions: `CaptionStats` for G_dup (without it G_dup never fires).
         similarity: a detector ``f(images [B,3,H,W] in [0,1], neighbours) -> Detection``; default from config.
+            With ``detection="noised"``: ``f(x_t [B,C,H,W], ᾱ_t) -> (r [B], nearest [B])``, default
+            `NoisedPixelDistance`.
         decoder: x̂₀ (the denoiser's space) → images [B,3,H,W] in [0,1], differentiable.
         encode_prompt: text → conditioning [1, L, D] for G_dup's extra forward (None: G_dup unavailable).
     """
@@ -98,7 +104,14 @@ class AntiMemorizationGuidance:
         self.config = config
         self.index = index
         self.captions = captions
-        self.similarity = similarity or make_similarity(config, index)
+        if similarity is None:
+            noised = config.detection == "noised"
+            similarity = (
+                NoisedPixelDistance(index, alpha=config.pixel_alpha, k=config.pixel_k)
+                if noised
+                else make_similarity(config, index)
+            )
+        self.similarity = similarity
         self.decoder = decoder or (lambda x0: ((x0 + 1) / 2).clamp(0, 1))
         self.encode_prompt = encode_prompt
         self.records: list[AMGStepRecord] = []
@@ -112,6 +125,9 @@ class AntiMemorizationGuidance:
         self.run += 1
         self._hold = torch.zeros(batch, dtype=torch.long)
         self._dup = [None] * batch
+        self._armed = torch.zeros(batch, dtype=torch.bool)
+        self._misses = torch.zeros(batch, dtype=torch.long)
+        self._paused = torch.zeros(batch, dtype=torch.long)
 
     def wants_cfg(self) -> bool:
         """True while a G_dup hold is active (compress schedules promote such steps to full CFG)."""
@@ -144,6 +160,8 @@ class AntiMemorizationGuidance:
         else:
             u = c = None
             hat = pred[:batch]
+        if cfg.detection == "noised":
+            return self._edit_noised(call, x_t, levels, t_total, (g, cfg_on, batch, c, hat), start)
         active_before = self._hold > 0
         if call.j % cfg.detect_every and not bool(active_before.any()):
             self._log(call, batch, lam, None, cfg_on, start)
@@ -203,7 +221,11 @@ class AntiMemorizationGuidance:
             cand = (changed | gate_other) & ~nan
             if bool(cand.any()):
                 rows = cand.nonzero().flatten()
-                sigma2_rows, grad = self._sim_gradient(new[rows], x_t[rows], levels)
+                if cfg.grad == "x0":
+                    sigma2_rows, grad = self._sim_gradient(new[rows], x_t[rows], levels)
+                else:
+                    terms = (g, s1, s2, active, cfg_on)
+                    sigma2_rows, grad = self._sim_gradient_through_unet(call, rows, batch, levels, terms)
                 sigma2[rows] = torch.nan_to_num(sigma2_rows, nan=-math.inf)
                 fire = sigma2[rows] > lam
                 if cfg.gating == "official":
@@ -216,11 +238,22 @@ class AntiMemorizationGuidance:
                 if bool(fire.any()):
                     f_rows = rows[fire]
                     scale = c3[f_rows].to(device)[:, None, None, None]
-                    delta_eps = self._x0_ratio(levels) * scale * grad[fire] * levels.a / levels.s
+                    if cfg.grad == "x0":
+                        delta_eps = self._x0_ratio(levels) * scale * grad[fire] * levels.a / levels.s
+                    else:
+                        delta_eps = self._xt_factor(levels) * scale * grad[fire]
                     new[f_rows] = new[f_rows] + levels.delta_from_eps(delta_eps)
         edited = changed | fired_sim
         self._log(call, batch, lam, sigma1, cfg_on, start, det, s1, s2, c3, sigma2, fired_sim, active, nan)
         self._hold = (self._hold - 1).clamp_min(0)
+        return self._output(call, new, edited, (g, cfg_on, batch, c))
+
+    def _output(self, call: DenoiserCall, new: Tensor, edited: Tensor, parts: tuple) -> Tensor | None:
+        """The denoiser output that yields prediction ``new`` for the ``edited`` samples (None if none): under
+        CFG the unconditional half u′ = (ε̂* − g·c)/(1 − g)."""
+        g, cfg_on, batch, c = parts
+        out = call.output
+        device = out.device
         if not bool(edited.any()):
             return None
         result = out.clone()
@@ -233,6 +266,72 @@ class AntiMemorizationGuidance:
                 result[rows + batch] = new[rows].to(out.dtype)
         return result
 
+    def _edit_noised(
+        self, call: DenoiserCall, x_t: Tensor, levels: NoiseLevels, t_total: int, parts: tuple, start: float
+    ) -> Tensor | None:
+        """The iDDPM path (``detection="noised"``): r of x_t against the noised training set; armed at
+        r < ``noised_arm``; then fires while r < λ(t/T), δε = mean-shift factor·``noised_scale``·(λ − r)·∇_{x_t}r;
+        ``noised_pause_after`` armed misses in a row pause detection for ``noised_pause_steps`` steps."""
+        cfg = self.config
+        g, cfg_on, batch, c, hat = parts
+        lam = cfg.noised_lambda_at(call.t / t_total)
+        paused = self._paused > 0
+        self._paused = (self._paused - 1).clamp_min(0)
+        detect = ~paused & (call.j % cfg.detect_every == 0)
+        r = torch.full((batch,), math.nan)
+        nearest = torch.full((batch,), -1, dtype=torch.long)
+        scale = torch.zeros(batch)
+        fire = torch.zeros(batch, dtype=torch.bool)
+        new = hat.clone()
+        if bool(detect.any()):
+            rows = detect.nonzero().flatten()
+            with torch.enable_grad():
+                x = x_t[rows.to(x_t.device)].detach().requires_grad_(True)
+                r_rows, nearest_rows = self.similarity(x, levels.abar)
+                r[rows] = r_rows.detach().float().cpu()
+                nearest[rows] = nearest_rows.cpu()
+                fire[rows] = self._armed[rows] & (r[rows] < lam)
+                if bool(fire.any()):
+                    (grad,) = torch.autograd.grad(r_rows.sum(), x)
+            for row in rows.tolist():
+                if not self._armed[row]:
+                    self._armed[row] = bool(r[row] < cfg.noised_arm)
+                    continue
+                self._misses[row] = 0 if fire[row] else self._misses[row] + 1
+                if self._misses[row] >= cfg.noised_pause_after:
+                    self._misses[row] = 0
+                    self._paused[row] = cfg.noised_pause_steps
+            if bool(fire.any()):
+                device = hat.device
+                scale = torch.where(fire, cfg.noised_scale * (lam - r), 0.0)
+                local = fire[rows].to(device)
+                f_rows = rows[fire[rows]].to(device)
+                factor = mean_shift_factor(call, levels.abar)
+                delta_eps = factor * scale[fire].to(device)[:, None, None, None] * grad[local].float()
+                new[f_rows] = new[f_rows] + levels.delta_from_eps(delta_eps)
+        ms = (time.perf_counter() - start) * 1000 / max(batch, 1)
+        for b in range(batch):
+            seen = bool(torch.isfinite(r[b]))
+            self.records.append(
+                AMGStepRecord(
+                    run=self.run,
+                    sample=b,
+                    j=call.j,
+                    t=call.t,
+                    sigma1=1 - float(r[b]) / 2 if seen else None,
+                    lambda_t=1 - lam / 2,
+                    fired_sim=bool(fire[b]),
+                    c3=float(scale[b]),
+                    neighbour_row=int(nearest[b]) if seen else None,
+                    cfg_on=cfg_on,
+                    nan=bool(detect[b]) and not seen,
+                    ms=ms,
+                    r=float(r[b]) if seen else None,
+                    paused=bool(paused[b]),
+                )
+            )
+        return self._output(call, new, fire, (g, cfg_on, batch, c))
+
     def _x0_ratio(self, levels: NoiseLevels) -> float:
         """(1−ᾱ)/ᾱ, capped by ``sim_max_noise_ratio``: δε = √ᾱ/√(1−ᾱ)·ratio·c₃·∇_{x̂₀}σ₂ equals the official
         √(1−ᾱ)·c₃·∇_{x_t}σ₂ (∇_{x_t} = ∇_{x̂₀}/√ᾱ) whenever the cap is not reached."""
@@ -240,16 +339,27 @@ class AntiMemorizationGuidance:
         cap = self.config.sim_max_noise_ratio
         return ratio if cap is None else min(ratio, cap)
 
-    def _dup_forward(self, call: DenoiserCall, rows: Tensor, batch: int) -> Tensor:
-        """ε(x_t, y_N) − in the model's prediction space − for the samples ``rows`` in hold."""
-        full = 2 * batch
-        pick = rows + batch
-        context = torch.cat([self._encode(self._dup[int(r)], call.sample.device) for r in rows])
+    def _xt_factor(self, levels: NoiseLevels) -> float:
+        """√(1−ᾱ), scaled down where the implied x̂₀ shift (1−ᾱ)/√ᾱ·c₃·∇_{x_t}σ₂ passes the same cap as
+        `_x0_ratio` (so both gradients agree in scale whenever the cap is not reached)."""
+        ratio = (1 - levels.abar) / max(levels.abar, 1e-30)
+        cap = self.config.sim_max_noise_ratio
+        return levels.s * (1.0 if cap is None or ratio <= cap else cap / ratio)
+
+    def _forward_rows(self, call: DenoiserCall, pick: Tensor, full: int, sample=None, **overrides) -> Tensor:
+        """The denoiser on the batch rows ``pick`` of ``call``'s inputs (batch ``full``), optionally with
+        another x_t ``sample`` [len(pick), C, H, W] and substituted keywords; handlers bypassed, C channels."""
         args = _select(call.args, full, pick)
         kwargs = _select(call.kwargs, full, pick)
-        sample = args[0] if args else kwargs.pop("sample")
-        extra = call.hook.forward_bypass(sample, *args[1:], **(kwargs | {"encoder_hidden_states": context}))
+        given = args[0] if args else kwargs.pop("sample")
+        sample = given if sample is None else sample.to(given.dtype)
+        extra = call.hook.forward_bypass(sample, *args[1:], **(kwargs | overrides))
         return extra.float()[:, : call.sample.shape[1]]
+
+    def _dup_forward(self, call: DenoiserCall, rows: Tensor, batch: int, sample=None) -> Tensor:
+        """ε(x_t, y_N) − in the model's prediction space − for the samples ``rows`` in hold."""
+        context = torch.cat([self._encode(self._dup[int(r)], call.sample.device) for r in rows])
+        return self._forward_rows(call, rows + batch, 2 * batch, sample, encoder_hidden_states=context)
 
     def _sim_gradient(self, pred: Tensor, x_t: Tensor, levels: NoiseLevels) -> tuple[Tensor, Tensor]:
         """σ₂ on x̂₀′ = x̂₀(pred) and ∇_{x̂₀′}σ₂ (the prediction held constant)."""
@@ -258,6 +368,35 @@ class AntiMemorizationGuidance:
             sigma2 = self.similarity(self.decoder(x0)).sigma
             (grad,) = torch.autograd.grad(sigma2.sum(), x0)
         return sigma2.detach().float().cpu(), grad
+
+    def _sim_gradient_through_unet(
+        self, call: DenoiserCall, rows: Tensor, batch: int, levels: NoiseLevels, terms: tuple
+    ) -> tuple[Tensor, Tensor]:
+        """σ₂ and the paper's ∇_{x_t}σ₂ [len(rows), C, H, W] for the samples ``rows``: ε̂′(x_t) = u + (g − s₁)(c − u)
+        − s₂(ε_N − u) is re-evaluated with autograd through every denoiser call in it (u, c and ε_N at the
+        same x_t), with the scales s₁, s₂ held constant; x̂₀′ = x̂₀(ε̂′(x_t), x_t)."""
+        g, s1, s2, active, cfg_on = terms
+        device = call.output.device
+        x = call.sample[-batch:][rows.to(call.sample.device)].detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            if cfg_on:
+                both = self._forward_rows(call, torch.cat([rows, rows + batch]), 2 * batch, torch.cat([x, x]))
+                u, c = both.chunk(2)
+                pred = u + (g - s1[rows].to(device))[:, None, None, None] * (c - u)
+                held = active[rows] & (s2[rows] > 0)
+                if bool(held.any()):
+                    eps_n = self._dup_forward(call, rows[held], batch, x[held.to(x.device)])
+                    scale = s2[rows[held]].to(device)[:, None, None, None]
+                    shift = torch.zeros_like(pred)
+                    shift[held.to(device)] = scale * (eps_n - u[held.to(device)])
+                    pred = pred - shift
+            elif call.cfg:
+                pred = self._forward_rows(call, rows + batch, 2 * batch, x)
+            else:
+                pred = self._forward_rows(call, rows, batch, x)
+            sigma2 = self.similarity(self.decoder(levels.x0(pred, x))).sigma
+            (grad,) = torch.autograd.grad(sigma2.sum(), x)
+        return sigma2.detach().float().cpu(), grad.to(device)
 
     def _log(
         self,
