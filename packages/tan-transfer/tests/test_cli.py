@@ -74,7 +74,11 @@ def test_train_classifier_train_sample_evaluate(folders, tmp_path):
             ],
         )
     )
-    assert json.loads(out.strip().splitlines()[-1])["iterations"] == 2
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["iterations"] == 2
+    # the default overfitting monitor measured the last iteration and kept it as the best so far
+    assert summary["best_step"] == 2 and (run / "adapter_best" / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
     _ok(
         runner.invoke(
             app,

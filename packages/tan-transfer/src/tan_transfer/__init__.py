@@ -33,12 +33,21 @@ from .data import (
     save_image_folder,
 )
 from .errors import TanTransferError
-from .evaluate import copy_rate, evaluate_run, fid, intra_cluster_distance, lpips_distance, proxy_metrics
+from .evaluate import (
+    copy_mask,
+    copy_rate,
+    evaluate_run,
+    fid,
+    intra_cluster_distance,
+    lpips_distance,
+    proxy_metrics,
+)
 from .losses import tan_loss
 from .model import DPMBundle, load_dpm
+from .monitor import MonitorRecord, OverfittingMonitor, monitor_score
 from .noise import adversarial_noise, antithetic_timesteps, guidance_weight, standardize
 from .sample import default_scheduler, make_pipeline, sample
-from .train import TanTrainResult, build_model, sample_source_images, train_tan
+from .train import TanTrainResult, build_model, effective_gamma, sample_source_images, train_tan
 
 __version__ = "0.1.0"
 
@@ -49,6 +58,8 @@ __all__ = [
     "AntAdapterSet",
     "DPMBundle",
     "FewShotTask",
+    "MonitorRecord",
+    "OverfittingMonitor",
     "SmallNoisyClassifier",
     "TANConfig",
     "TanTrainResult",
@@ -62,9 +73,11 @@ __all__ = [
     "build_adapted_unet",
     "build_classifier",
     "build_model",
+    "copy_mask",
     "copy_rate",
     "default_scheduler",
     "digits_task",
+    "effective_gamma",
     "evaluate_run",
     "fid",
     "fuse_lora",
@@ -76,6 +89,7 @@ __all__ = [
     "load_image_folder",
     "lpips_distance",
     "make_pipeline",
+    "monitor_score",
     "photo_patch_task",
     "proxy_metrics",
     "read_captions",

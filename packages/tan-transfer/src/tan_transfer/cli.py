@@ -149,6 +149,12 @@ def train(
         None, "--classifier-path", help="folder written by train-classifier"
     ),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every"),
+    monitor_every: int = typer.Option(
+        None, "--monitor-every", help="overfitting monitor period (metrics.jsonl, adapter_best/); 0 = off"
+    ),
+    guidance_reference_dim: int = typer.Option(
+        None, "--guidance-reference-dim", help="rescale γ by √(C·H·W / this); 196608 = 3×256×256"
+    ),
     prompt: str = typer.Option(None, "--prompt", help="prompt for text-conditional models"),
     seed: int = typer.Option(None, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -175,6 +181,8 @@ def train(
             classifier=classifier,
             classifier_steps=classifier_steps,
             checkpoint_every=checkpoint_every,
+            monitor_every=monitor_every,
+            guidance_reference_dim=guidance_reference_dim,
             prompt=prompt,
             seed=seed,
             similarity_guidance=False if no_guidance else None,
@@ -203,6 +211,8 @@ def train(
                 "sec_per_iter": round(result.sec_per_iter, 4),
                 "trainable_fraction": round(result.trainable_fraction, 5),
                 "classifier_heldout_accuracy": result.classifier_report.get("heldout_accuracy"),
+                "best_adapter": str(result.best_adapter_dir) if result.best_adapter_dir else None,
+                "best_step": result.monitor[-1].best_step if result.monitor else None,
             }
         )
     )
@@ -315,6 +325,8 @@ def demo(
             classifier_steps=classifier_steps,
             classifier_path=None,
             checkpoint_every=None,
+            monitor_every=None,
+            guidance_reference_dim=None,
             prompt=None,
             seed=0,
             device=device,

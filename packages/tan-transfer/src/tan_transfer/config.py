@@ -51,6 +51,10 @@ class TANConfig:
     """Guidance strength γ [paper §5.2]."""
     s_schedule: str = "one_minus_alphabar"
     """Weight s_t: "one_minus_alphabar" [code] or "paper" (σ̂_t²)."""
+    guidance_reference_dim: int | None = None
+    """None: γ as given [paper]. An int D_ref: use γ·√(D / D_ref), D = C·H·W of the model's sample space, so the
+    shift γ·s_t·g keeps the size relative to ε (norm √D) that γ gives at D_ref; ‖g‖ itself barely depends on D
+    (measured, see the README). The paper's pixel DDPMs: 3·256·256 = 196608; its LDMs: 3·64·64 = 12288 [ours]."""
     # adversarial noise (§2.3)
     adversarial_noise: bool = True
     ascent_steps: int = 10
@@ -89,6 +93,14 @@ class TANConfig:
     """Images per domain in each balanced classifier batch (10 source + 10 target)."""
     source_from_model: int = 200
     """Source images sampled from the frozen model when no source folder is given [ours]."""
+    # overfitting monitor (§8.4)
+    monitor_every: int = 25
+    """Log copy rate and the classifier's target probability every this many iterations (and at the last one) to
+    ``metrics.jsonl`` and keep the best adapters in ``adapter_best/``; 0 turns the monitor off [ours]."""
+    monitor_samples: int = 32
+    """Size of the fixed sample batch the monitor draws (DDIM, η = 1, same seed every time)."""
+    monitor_steps: int = 25
+    """DDIM steps of the monitor's samples."""
     # run
     prompt: str = ""
     """Prompt for text-conditional models."""
@@ -107,7 +119,9 @@ class TANConfig:
             self._positive_int(name)
         for name in ("micro_batch", "ascent_ref_batch", "classifier_steps", "classifier_batch"):
             self._positive_int(name)
-        for name in ("ascent_steps", "checkpoint_every", "source_from_model", "seed"):
+        for name in ("monitor_samples", "monitor_steps"):
+            self._positive_int(name)
+        for name in ("ascent_steps", "checkpoint_every", "source_from_model", "seed", "monitor_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TanTransferError(f"TANConfig.{name}", f"must be an int >= 0, got {value!r}")
@@ -130,6 +144,8 @@ class TANConfig:
             )
         if self.lr is not None and not self.lr > 0:
             raise TanTransferError("TANConfig.lr", f"must be > 0 or None, got {self.lr}")
+        if self.guidance_reference_dim is not None:
+            self._positive_int("guidance_reference_dim")
         for name in ("gamma", "omega"):
             if getattr(self, name) < 0:
                 raise TanTransferError(f"TANConfig.{name}", f"must be >= 0, got {getattr(self, name)}")

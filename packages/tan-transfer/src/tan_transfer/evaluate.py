@@ -14,6 +14,7 @@ from torch import Tensor
 from .errors import TanTransferError
 
 __all__ = [
+    "copy_mask",
     "copy_rate",
     "evaluate_run",
     "fid",
@@ -58,14 +59,19 @@ def intra_cluster_distance(samples: Tensor, shots: Tensor, distance: str | Dista
     return float(sum(means) / len(means)) if means else float("nan")
 
 
-def copy_rate(samples: Tensor, shots: Tensor, factor: float = 0.5) -> float:
-    """Share of samples whose nearest shot is closer than ``factor`` × the median shot-to-shot distance (pixel)."""
+def copy_mask(samples: Tensor, shots: Tensor, factor: float = 0.5) -> Tensor:
+    """``[N]`` bool: the sample's nearest shot is closer than ``factor`` × the median shot-to-shot distance (pixel)."""
     if len(shots) < 2:
         raise TanTransferError("copy_rate", "need >= 2 shots")
     d_ss = pairwise_l2(shots, shots)
     iu = torch.triu_indices(len(shots), len(shots), offset=1)
     threshold = factor * d_ss[iu[0], iu[1]].median()
-    return float((pairwise_l2(samples, shots).min(dim=1).values < threshold).float().mean())
+    return pairwise_l2(samples, shots).min(dim=1).values < threshold
+
+
+def copy_rate(samples: Tensor, shots: Tensor, factor: float = 0.5) -> float:
+    """Share of samples whose nearest shot is closer than ``factor`` × the median shot-to-shot distance (pixel)."""
+    return float(copy_mask(samples, shots, factor).float().mean())
 
 
 def proxy_metrics(samples01: Tensor, shots: Tensor, *, target_class: int | None = None) -> dict[str, float]:

@@ -4,7 +4,8 @@ Per iteration: B shots (drawn with replacement; micro-batches accumulated), anti
 x_t*, g from the frozen domain classifier, loss ‖ε* − ε_θ,ψ(x_t*, t) − γ s_t g‖², AdamW on ψ only, EMA of ψ.
 
 Run directory: ``config.json`` (TAN config, versions, seed, fingerprint), ``classifier/`` (weights + report),
-``checkpoints/`` and ``train_log.jsonl`` (Trainer; exact resume), ``adapter/`` (EMA adapters + card).
+``checkpoints/`` and ``train_log.jsonl`` (Trainer; exact resume), ``adapter/`` (EMA adapters + card), and with the
+overfitting monitor ``metrics.jsonl`` + ``adapter_best/`` (`tan_transfer.monitor`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from .config import TANConfig
 from .data import load_image_folder, save_image_folder
 from .errors import TanTransferError
 from .losses import tan_loss
+from .monitor import MonitorRecord, OverfittingMonitor
 from .noise import adversarial_noise, antithetic_timesteps, guidance_weight
 
-__all__ = ["TanTrainResult", "build_model", "sample_source_images", "train_tan"]
+__all__ = ["TanTrainResult", "build_model", "effective_gamma", "sample_source_images", "train_tan"]
 
 MAX_NONFINITE_IN_A_ROW = 5
 EPOCH_BATCHES = 10
@@ -57,6 +59,17 @@ class TanTrainResult:
     classifier_report: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
     nonfinite_steps: int = 0
+    monitor: list[MonitorRecord] = field(default_factory=list)
+    """The overfitting monitor's records (``metrics.jsonl``), empty when it is off."""
+    best_adapter_dir: Path | None = None
+    """``adapter_best/``: the adapters of the best monitor score (None when the monitor is off)."""
+
+
+def effective_gamma(cfg: TANConfig, sample_dim: int) -> float:
+    """γ, or γ·√(D / D_ref) with ``cfg.guidance_reference_dim`` = D_ref and ``sample_dim`` = D = C·H·W."""
+    if cfg.guidance_reference_dim is None:
+        return cfg.gamma
+    return cfg.gamma * (sample_dim / cfg.guidance_reference_dim) ** 0.5
 
 
 def build_model(unet: nn.Module, cfg: TANConfig) -> AdaptedUNet:
@@ -173,7 +186,9 @@ def train_tan(
 
     ``source`` (images or folder) trains the domain classifier; without it ``cfg.source_from_model`` images are
     sampled from the source model. ``classifier`` skips classifier training (any module
-    ``forward(x_t, t[, encoder_hidden_states]) -> logits [B, 2]``, label 1 = target). ``resume="auto"`` continues
+    ``forward(x_t, t[, encoder_hidden_states]) -> logits [B, 2]``, label 1 = target); the overfitting monitor
+    (``cfg.monitor_every > 0``, at least 2 shots) uses it too, so it is trained even without guidance when none is
+    given. ``resume="auto"`` continues
     from the latest checkpoint in ``output_dir``; ``"never"`` refuses to (raises if checkpoints exist). A changed
     config raises unless ``override_config``.
     """
@@ -188,18 +203,23 @@ def train_tan(
         save_image_folder(target, output_dir / "shots", "shot")
 
     clf, clf_report = None, {}
-    if cfg.similarity_guidance:
+    monitoring = cfg.monitor_every > 0 and len(target) >= 2
+    if cfg.similarity_guidance or monitoring:
         if classifier is not None:
             clf = classifier.eval().requires_grad_(False)
         else:
             clf, clf_report = _classifier_for_run(bundle, target, source, cfg, output_dir)
 
+    guide = clf if cfg.similarity_guidance else None
     model = build_model(bundle.unet, cfg).train()
+    monitor = OverfittingMonitor(bundle, target, clf, cfg, output_dir) if monitoring else None
+    monitor_state = {"started": False, "seconds": 0.0}
     shots = bundle.encode(target).float().cpu()
     device = bundle.device
     ac = bundle.alphas_cumprod.to(device=device, dtype=torch.float32)
     T = bundle.num_train_timesteps
     cond_one = bundle.prompt_embeds([cfg.prompt]).float() if bundle.conditional else None
+    gamma = effective_gamma(cfg, shots[0].numel())
 
     if cfg.fixed_batch:
         pick = torch.randint(
@@ -219,7 +239,25 @@ def train_tan(
     )
     nonfinite = {"run": 0, "total": 0}
 
+    def watch(step: int) -> None:
+        """Monitor the EMA weights after ``step`` iterations; called before iteration ``step + 1`` starts."""
+        if not monitor_state["started"]:
+            monitor.start(step)
+            monitor_state["started"] = True
+        if not (monitor.due(step) and trainer.accelerator.is_main_process):
+            return
+        begin = time.perf_counter()
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.ema is None:
+            monitor.measure(unwrapped, step)
+        else:
+            with trainer.ema.average_weights(unwrapped):
+                monitor.measure(unwrapped, step)
+        monitor_state["seconds"] += time.perf_counter() - begin
+
     def loss_fn(model: nn.Module, batch, step: int) -> Tensor:
+        if monitor is not None:
+            watch(step - 1)
         x0 = batch[0].float()
         b = x0.shape[0]
         if cfg.hflip:
@@ -244,11 +282,11 @@ def train_tan(
         ab = ac[t].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         grad = weight = None
-        if clf is not None:
-            grad = target_logprob_grad(clf, x_t, t, cond)
+        if guide is not None:
+            grad = target_logprob_grad(guide, x_t, t, cond)
             weight = guidance_weight(t, bundle.alphas_cumprod, cfg.s_schedule).to(x0.device)
         pred = model(x_t, t, cond) if cond is not None else model(x_t, t)
-        loss = tan_loss(pred, eps, grad, weight, cfg.gamma)
+        loss = tan_loss(pred, eps, grad, weight, gamma)
         if torch.isfinite(loss):
             nonfinite["run"] = 0
             return loss
@@ -291,11 +329,16 @@ def train_tan(
             "micro_batch", f"out of memory at micro_batch={cfg.micro_batch}; lower it (batch_size stays)"
         ) from err
     done = result.step - (int(result.resumed_from.name.split("-")[1]) if result.resumed_from else 0)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - monitor_state["seconds"]
     trained: AdaptedUNet = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.ema is not None:
         trainer.ema.copy_to(trained)
     trained.eval()
+    if monitor is not None:
+        if not monitor_state["started"]:
+            monitor.start(result.step)
+        if monitor.due(result.step, final=True) and trainer.accelerator.is_main_process:
+            monitor.measure(trained, result.step)
     adapter_dir = save_adapters(
         output_dir / "adapter", trained, extra={"iterations": result.step, "ema": True}
     )
@@ -312,4 +355,6 @@ def train_tan(
         classifier_report=clf_report,
         resumed_from=result.resumed_from,
         nonfinite_steps=nonfinite["total"],
+        monitor=list(monitor.records) if monitor is not None else [],
+        best_adapter_dir=monitor.best_dir if monitor is not None and monitor.records else None,
     )
