@@ -6,15 +6,14 @@ Bad input prints one ``error: ...`` line and exits with status 2. Multi-GPU trai
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from diffact import __version__
+from difflab_core.cli import one_line_errors
 
 from .errors import DiffActError
 
@@ -25,22 +24,6 @@ app = typer.Typer(
 )
 
 
-def clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DiffActError (or any difflab error) into one line on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from difflab_core.errors import DifflabError
-
-        try:
-            return fn(*args, **kwargs)
-        except DifflabError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from err
-
-    return wrapper
-
-
 def _config(preset_name: str, config_file: Path | None, **sections: dict[str, Any]) -> Any:
     from .config import DiffActConfig, preset
 
@@ -49,7 +32,7 @@ def _config(preset_name: str, config_file: Path | None, **sections: dict[str, An
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def train(
     data_root: Path = typer.Option(
         ..., "--data-root", help="folder holding <dataset>/features, groundTruth, ..."
@@ -83,7 +66,7 @@ def train(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def evaluate(
     run: Path | None = typer.Option(None, "--run", help="a run folder, or a folder of split runs to average"),
     gt_dir: Path | None = typer.Option(None, "--gt-dir", help="groundTruth folder (with --pred-dir)"),
@@ -118,7 +101,7 @@ def evaluate(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def predict(
     model: Path = typer.Option(..., "--model", help="a run folder or a diffact model folder"),
     features: Path = typer.Option(..., "--features", help="a <video>.npy file or a folder of them"),
@@ -147,7 +130,7 @@ def predict(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def plot(
     pred: Path = typer.Option(..., "--pred", help="an MS-TCN prediction file"),
     mapping: Path = typer.Option(..., "--mapping", help="mapping.txt"),
@@ -167,7 +150,7 @@ def plot(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def convert(
     checkpoint: Path = typer.Argument(..., help="official trained_models/*/release.model"),
     out: Path = typer.Option(..., "--out", help="model folder to write (safetensors)"),
@@ -192,7 +175,7 @@ def convert(
 
 
 @app.command("make-synthetic")
-@clear_errors
+@one_line_errors(exit_code=2)
 def make_synthetic(
     out: Path = typer.Option(..., "--out", help="data root to write <out>/synthetic/..."),
     videos: int = typer.Option(8, "--videos"),

@@ -6,14 +6,13 @@ Bad input prints one ``error: ...`` line and exits with status 2.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from difflab_core.cli import one_line_errors
 from difftriplet import __version__
 
 app = typer.Typer(
@@ -21,22 +20,6 @@ app = typer.Typer(
     help="Surgical action triplet recognition by iterative denoising (DiffTriplet), evaluated with ivtmetrics.",
     no_args_is_help=True,
 )
-
-
-def clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DiffTripletError (or any difflab error) into one line on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from difflab_core.errors import DifflabError
-
-        try:
-            return fn(*args, **kwargs)
-        except DifflabError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from err
-
-    return wrapper
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -74,7 +57,7 @@ def _echo_json(data: Any) -> None:
 
 
 @app.command("make-synthetic")
-@clear_errors
+@one_line_errors(exit_code=2)
 def make_synthetic(
     out: Path = typer.Option(..., "--out", help="dataset root to write"),
     variant: str = typer.Option("cholect50", "--variant", help="cholect50 or cholect45 layout"),
@@ -108,7 +91,7 @@ def make_synthetic(
 
 
 @app.command("finetune-backbone")
-@clear_errors
+@one_line_errors(exit_code=2)
 def finetune(
     data: Path = typer.Option(..., "--data", help="CholecT50 / CholecT45 root"),
     out: Path = typer.Option(..., "--out", help="backbones folder; writes <out>/k<fold>"),
@@ -145,7 +128,7 @@ def finetune(
 
 
 @app.command("extract-features")
-@clear_errors
+@one_line_errors(exit_code=2)
 def extract(
     data: Path = typer.Option(..., "--data", help="CholecT50 / CholecT45 root"),
     name: str = typer.Option(..., "--name", help="feature set name: writes <data>/features/<name>-k<fold>"),
@@ -181,7 +164,7 @@ def extract(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def train(
     data: Path = typer.Option(..., "--data", help="CholecT50 / CholecT45 root"),
     features: str = typer.Option(..., "--features", help="feature set name (or folder)"),
@@ -214,7 +197,7 @@ def train(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def evaluate(
     run: Path = typer.Option(..., "--run", help="a run folder, or a folder of fold runs"),
     protocol: str | None = typer.Option(None, "--protocol", help="cv or challenge (default: the run's)"),
@@ -235,7 +218,7 @@ def evaluate(
 
 
 @app.command()
-@clear_errors
+@one_line_errors(exit_code=2)
 def predict(
     model: Path = typer.Option(..., "--model", help="a model folder (a run's model/ or best/)"),
     data: Path = typer.Option(..., "--data", help="CholecT50 / CholecT45 root"),
