@@ -2,6 +2,12 @@
 
     python benchmarks/tan_transfer.py [--quick] [--device auto] [--seeds 1] [--iterations N] [--batch-size B]
         [--ascent-steps J] [--samples N] [--steps S] [--lr LR] [--gamma G] [--classifier-steps N] [--out DIR]
+        [--checkpoint-every N]
+
+With ``--out DIR`` a run can be stopped and continued: each finished (variant, seed) is stored under
+``DIR/results`` with its settings and read back by a rerun, and training resumes from its last checkpoint (every
+25 iterations in full mode), so the spec's full mode (about 10 CPU-hours here) can be run in pieces or on a GPU
+with ``--device cuda``.
 
 Task (spec §6): the shipped DDPM on digits 0–4 (`difflab_core.testbed.digits_ddpm((0, 1, 2, 3, 4))`, 16×16×1,
 pretrained by core's recipe, no training here) is transferred to 10 shots of digit 9 (`tan_transfer.digits_task`).
@@ -83,6 +89,10 @@ def church_fractions() -> dict[str, float]:
 
 
 def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dict:
+    """One seed: the domain classifier, ``source_only`` and each variant. Each finished variant's figures are
+    written to ``workdir/results/<name>-s<seed>.json`` and read back on a rerun with the same ``--out`` (the
+    settings must match: they are stored with the figures), and training checkpoints every
+    ``--checkpoint-every`` iterations, so a long full run can be stopped and continued."""
     from difflab_core.testbed import digits_ddpm
     from tan_transfer import DPMBundle, TANConfig, digits_task, proxy_metrics, sample, train_domain_classifier
 
@@ -97,13 +107,41 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
         lr=args.lr,
         gamma=args.gamma,
         classifier_steps=args.classifier_steps,
-        checkpoint_every=0,
+        checkpoint_every=args.checkpoint_every,
         seed=seed,
         guidance_reference_dim=args.guidance_reference_dim,
         monitor_every=0,
     )
-    clf, clf_report = train_domain_classifier(bundle, task.source, task.shots, TANConfig(**base))
-    out = {"classifier_heldout_accuracy_by_t": clf_report["heldout_accuracy_by_t"]}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "variants", "threads", "seeds")}
+    settings = json.loads(json.dumps(settings, default=str))
+    results = workdir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+
+    def cached(name: str, compute) -> dict:
+        path = results / f"{name}-s{seed}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("settings") != settings:
+                raise SystemExit(f"{path}: made with other settings; use another --out or delete it")
+            return saved["figures"]
+        figures = json.loads(json.dumps(compute()))  # as a rerun will read them
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "figures": figures}), encoding="utf-8")
+        tmp.replace(path)
+        return figures
+
+    classifier: list = []
+
+    def domain_classifier():
+        if not classifier:
+            classifier.extend(train_domain_classifier(bundle, task.source, task.shots, TANConfig(**base)))
+        return classifier[0]
+
+    def classifier_report() -> dict:
+        domain_classifier()
+        return {"heldout": classifier[1]["heldout_accuracy_by_t"]}
+
+    out = {"classifier_heldout_accuracy_by_t": cached("classifier", classifier_report)["heldout"]}
 
     def measure(model) -> dict:
         images = sample(
@@ -111,16 +149,23 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
         )
         return proxy_metrics(images, task.shots, target_class=task.target_class)
 
-    out["source_only"] = measure(None) | {"trainable_fraction": 0.0, "sec_per_iter": 0.0}
+    out["source_only"] = cached(
+        "source_only", lambda: measure(None) | {"trainable_fraction": 0.0, "sec_per_iter": 0.0}
+    )
     from tan_transfer import train_tan
 
-    for name, switches in variants.items():
+    def run(name: str, switches: dict) -> dict:
         cfg = TANConfig(**(base | switches))
-        res = train_tan(bundle, task.shots, cfg, classifier=clf, output_dir=workdir / f"{name}-s{seed}")
-        out[name] = measure(res.model) | {
+        res = train_tan(
+            bundle, task.shots, cfg, classifier=domain_classifier(), output_dir=workdir / f"{name}-s{seed}"
+        )
+        return measure(res.model) | {
             "trainable_fraction": res.trainable_fraction,
             "sec_per_iter": res.sec_per_iter,
         }
+
+    for name, switches in variants.items():
+        out[name] = cached(name, lambda name=name, switches=switches: run(name, switches))
     return out
 
 
@@ -173,7 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--variants", default=None, help="comma-separated subset of the trained variants to run")
     p.add_argument("--shots", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep the runs here and continue them on a rerun (default: a temporary folder)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, help="training checkpoints (default: 0 quick, 25 full)"
+    )
     args = p.parse_args(argv)
     quick = {
         "seeds": 1,
@@ -183,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         "samples": 64,
         "steps": 10,
         "classifier_steps": 30,
+        "checkpoint_every": 0,
     }
     full = {
         "seeds": 3,
@@ -192,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         "samples": 1000,
         "steps": 100,
         "classifier_steps": 300,
+        "checkpoint_every": 25,
     }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:

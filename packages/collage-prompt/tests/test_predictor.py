@@ -52,7 +52,9 @@ def test_orbit_behaviour():
     perm = np.random.default_rng(1).permutation(9)
     orbit = np.stack([perm[s] for s in symmetry_group(3, 3)])
     official = score(OfficialLikeGCN(16, 3, 3), feats, orbit)
-    ours = score(CollageGCN(16, 3, 3), feats, orbit)
+    gcn = CollageGCN(16, 3, 3)
+    torch.nn.init.normal_(gcn.head.weight)  # zero at init (training starts from the additive path)
+    ours = score(gcn, feats, orbit)
     assert np.allclose(official, official[0], atol=1e-5)
     assert np.ptp(ours) > 1e-4
 
@@ -60,6 +62,7 @@ def test_orbit_behaviour():
 def test_fast_scoring_equals_forward():
     torch.manual_seed(0)
     model = CollageGCN(16, 3, 3).eval()
+    torch.nn.init.normal_(model.head.weight)
     feats = np.random.default_rng(0).normal(size=(9, 16)).astype(np.float32)
     perms = np.stack([np.random.default_rng(i).permutation(9) for i in range(50)])
     slow = model(torch.from_numpy(feats)[None], torch.from_numpy(perms)).detach().numpy()
@@ -101,3 +104,27 @@ def test_official_like_trains(digits, image_stats, tmp_path):
     assert model.symmetry_invariant
     out = score(model, train[0].feats, np.stack([s.perm for s in train[:4]]))
     assert out.shape == (4,) and np.isfinite(out).all()
+
+
+def test_additive_path_is_the_logistic_regression(digits, image_stats, tmp_path):
+    """Stage 1 of training is a plain logistic regression of per-cell 0/1 answers on the additive inputs:
+    scikit-learn's unpenalised fit on the same inputs gives the same probabilities; stage 2 leaves it frozen."""
+    from sklearn.linear_model import LogisticRegression
+
+    _, feats = image_stats
+    rng = np.random.default_rng(5)
+    samples = []
+    for s, idx in enumerate(sample_image_sets(digits.labels, 9, 60, 0.3, 5, pool=np.arange(600, len(digits)))):
+        for _ in range(3):
+            cells = (rng.random(9) < 0.8).astype(np.float32)
+            samples.append(CollageSample(feats[idx], rng.permutation(9), cells, float(cells.mean()), s))
+    model = train_predictor(samples, (3, 3), PredictorConfig(hidden=8, epochs=2), tmp_path / "p")
+    f = torch.from_numpy(np.stack([x.feats for x in samples]).astype(np.float32))
+    p = torch.from_numpy(np.stack([x.perm for x in samples]))
+    with torch.no_grad():
+        z = model.additive_inputs(f, p).reshape(-1, model.additive.in_features).double().numpy()
+        ours = torch.sigmoid(model.additive(torch.from_numpy(z).float())).squeeze(-1).numpy()
+    y = np.concatenate([x.cell_correct for x in samples])
+    reference = LogisticRegression(penalty=None, max_iter=5000, tol=1e-10).fit(z, y).predict_proba(z)[:, 1]
+    assert np.abs(ours - reference).max() < 2e-3
+    assert not model.additive.weight.requires_grad
