@@ -31,7 +31,8 @@ def classifier(digits):
 
 class StubServer:
     """Minimal ``/v1/chat/completions`` on 127.0.0.1. ``script`` is a list of replies consumed in order
-    (the last one repeats): ``{"status", "body", "headers", "delay"}``; ``calls`` counts requests."""
+    (the last one repeats): ``{"status", "body", "headers", "delay"}``, or a callable of the request body returning
+    one; ``calls`` counts requests."""
 
     def __init__(self) -> None:
         self.script: list[dict] = []
@@ -57,6 +58,8 @@ class StubServer:
                         if stub.script
                         else ok_reply("[0: 'zero']")
                     )
+                if callable(reply):
+                    reply = reply(body)
                 if reply.get("delay"):
                     time.sleep(reply["delay"])
                 data = json.dumps(reply.get("body", {})).encode()

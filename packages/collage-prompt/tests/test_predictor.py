@@ -114,7 +114,9 @@ def test_additive_path_is_the_logistic_regression(digits, image_stats, tmp_path)
     _, feats = image_stats
     rng = np.random.default_rng(5)
     samples = []
-    for s, idx in enumerate(sample_image_sets(digits.labels, 9, 60, 0.3, 5, pool=np.arange(600, len(digits)))):
+    for s, idx in enumerate(
+        sample_image_sets(digits.labels, 9, 60, 0.3, 5, pool=np.arange(600, len(digits)))
+    ):
         for _ in range(3):
             cells = (rng.random(9) < 0.8).astype(np.float32)
             samples.append(CollageSample(feats[idx], rng.permutation(9), cells, float(cells.mean()), s))

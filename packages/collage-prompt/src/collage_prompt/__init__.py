@@ -1,13 +1,15 @@
 """Collage prompting: many images in one vision-LLM call, with a learned arrangement, exact cost model and a resumable OpenAI-compatible client."""
 
 from collage_prompt.batch import BatchSummary, RateLimiter, RetryPolicy, run_batch
+from collage_prompt.calibrate import Calibration, calibrate_image_tokens
 from collage_prompt.client import OpenAIChatClient, ReplayClient, VLMClient, VLMRequest, VLMResponse
 from collage_prompt.collect import collect_training_data, load_official_dataset
 from collage_prompt.cost import CostModel, PriceTable, estimate, image_tokens, query_cost
 from collage_prompt.data import CSVDataset, ImageDataset, ImageFolderDataset, offline_dataset
 from collage_prompt.errors import CollagePromptError
 from collage_prompt.evaluate import Report, evaluate_protocol
-from collage_prompt.features import FeatureExtractor, HandcraftedFeatures, TimmFeatures
+from collage_prompt.fallback import CellAnswer, HybridRun, run_with_fallback
+from collage_prompt.features import FeatureExtractor, HandcraftedFeatures, OpenClipFeatures, TimmFeatures
 from collage_prompt.grid import (
     GridSpec,
     all_permutations,
@@ -31,6 +33,7 @@ from collage_prompt.plan import (
     BudgetPlan,
     PlanOption,
     plan_budget,
+    plan_for_accuracy,
     simulated_accuracy_table,
 )
 from collage_prompt.predictor import (
@@ -60,6 +63,8 @@ __all__ = [
     "BatchSummary",
     "BudgetPlan",
     "CSVDataset",
+    "Calibration",
+    "CellAnswer",
     "CellClassifier",
     "CollageGCN",
     "CollagePromptError",
@@ -70,10 +75,12 @@ __all__ = [
     "GeneticSearch",
     "GridSpec",
     "HandcraftedFeatures",
+    "HybridRun",
     "ImageDataset",
     "ImageFolderDataset",
     "OfficialLikeGCN",
     "OpenAIChatClient",
+    "OpenClipFeatures",
     "ParseResult",
     "PlanOption",
     "PredictorConfig",
@@ -93,6 +100,7 @@ __all__ = [
     "all_permutations",
     "arrangement_gain",
     "build_messages",
+    "calibrate_image_tokens",
     "canonical",
     "cer",
     "ces",
@@ -112,9 +120,11 @@ __all__ = [
     "parse_answer",
     "pce",
     "plan_budget",
+    "plan_for_accuracy",
     "query_cost",
     "render_collage",
     "run_batch",
+    "run_with_fallback",
     "score",
     "similarity_scorer",
     "simulated_accuracy_table",

@@ -17,9 +17,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collage_prompt.client import ItemError, RetryableError, RunFatalError, VLMClient, VLMRequest
+from collage_prompt.client import (
+    ItemError,
+    RetryableError,
+    RunFatalError,
+    VLMClient,
+    VLMRequest,
+    VLMResponse,
+)
 from collage_prompt.cost import CostModel, PriceTable, estimate_text_tokens
 from collage_prompt.errors import CollagePromptError
+from collage_prompt.prompt import ParseResult, parse_answer
+from collage_prompt.reask import reask_request
 from difflab_core.store import ResultStore
 
 __all__ = ["BatchSummary", "RateLimiter", "RetryPolicy", "run_batch", "store_key"]
@@ -115,7 +124,8 @@ class BatchSummary:
     """Outcome of :func:`run_batch`. ``status``: complete, budget_reached, aborted or interrupted.
 
     ``records`` maps each request key to its stored result record (this run's and earlier ones); requests
-    that repeat an earlier one of the same call (``n_duplicates``) share its record.
+    that repeat an earlier one of the same call (``n_duplicates``) share its record. ``n_calls`` counts every
+    request sent (retries and re-asks included), ``n_reasks`` the re-asks.
     """
 
     status: str
@@ -125,9 +135,14 @@ class BatchSummary:
     n_failed: int = 0
     n_duplicates: int = 0
     n_calls: int = 0
+    n_reasks: int = 0
     cost_usd: float = 0.0
     error: str | None = None
     records: dict[str, dict] = field(default_factory=dict)
+
+
+def _n_answered(parsed: ParseResult) -> int:
+    return sum(label is not None for label in parsed.labels)
 
 
 def store_key(req: VLMRequest, client) -> str:
@@ -152,6 +167,8 @@ def run_batch(
     retry_failed: bool = False,
     retry: RetryPolicy | None = None,
     limiter: RateLimiter | None = None,
+    max_reask: int = 0,
+    categories=None,
     prices: PriceTable | None = None,
     cost_model: CostModel | None = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -165,9 +182,18 @@ def run_batch(
     one would exceed it (status ``budget_reached``). A :class:`RunFatalError` stops submission (``aborted``);
     an :class:`ItemError` or exhausted retries record a failure and the run goes on. Ctrl-C stops
     submission, waits up to 30 s for requests in flight and returns ``interrupted``.
+
+    ``max_reask`` (0 or 1 in practice) re-asks an answer that parses ``failed`` or ``partial`` against
+    ``categories`` with a format reminder (:func:`~collage_prompt.reask.reask_request`); the record keeps the
+    answer naming more cells (``first_text`` holds the original), ``reasks`` and ``parse_status``, and its
+    usage and ``cost_usd`` include the re-asks, which also reserve budget like any request.
     """
     if workers < 1:
         raise CollagePromptError(f"run_batch: workers={workers} must be >= 1")
+    if max_reask < 0:
+        raise CollagePromptError(f"run_batch: max_reask={max_reask} must be >= 0")
+    if max_reask and categories is None:
+        raise CollagePromptError("run_batch: max_reask needs categories to check the answers against")
     retry = retry or RetryPolicy()
     limiter = limiter or RateLimiter(sleep=sleep)
     prices = prices or PriceTable.load()
@@ -191,20 +217,19 @@ def run_batch(
     def estimate_usd(req: VLMRequest) -> float:
         if not priced:
             return 0.0
-        w, h = req.image_size()
-        pt = cost_model.image_tokens(w, h, req.detail, model) + estimate_text_tokens(req.prompt)
+        pt = req.image_tokens(cost_model, model) + estimate_text_tokens(req.prompt)
         ct = getattr(client, "max_tokens", None) or 8 * req.k + 16
         return prices.usd(pt, ct, model)
 
-    def attempt(req: VLMRequest) -> dict:
-        nonlocal spent
+    def call(req: VLMRequest) -> tuple[VLMResponse, int]:
+        """Send ``req`` through the rate limiter and the retry policy: ``(response, attempts)``."""
         tokens = estimate_text_tokens(req.prompt) + 1000
         for n in range(retry.max_attempts):
             limiter.acquire(tokens)
             with lock:
                 summary.n_calls += 1
             try:
-                resp = client.complete(req)
+                return client.complete(req), n + 1
             except RetryableError as exc:
                 if n + 1 == retry.max_attempts:
                     raise ItemError(f"gave up after {retry.max_attempts} attempts: {exc}") from None
@@ -213,23 +238,77 @@ def run_batch(
                     limiter.cooldown(delay)
                 logger.info("retrying in %.1f s: %s", delay, exc)
                 sleep(delay)
-                continue
-            usd = prices.usd(resp.prompt_tokens, resp.completion_tokens, model) if priced else 0.0
-            with lock:
-                spent += usd
-            return {
-                "text": resp.text,
-                "prompt_tokens": resp.prompt_tokens,
-                "completion_tokens": resp.completion_tokens,
-                "usage_estimated": resp.usage_estimated,
-                "finish_reason": resp.finish_reason,
-                "truncated": resp.finish_reason == "length",
-                "latency_s": resp.latency_s,
-                "model": resp.model,
-                "cost_usd": usd,
-                "attempts": n + 1,
-            }
         raise AssertionError("unreachable")
+
+    def charge(resp: VLMResponse) -> float:
+        nonlocal spent
+        usd = prices.usd(resp.prompt_tokens, resp.completion_tokens, model) if priced else 0.0
+        with lock:
+            spent += usd
+        return usd
+
+    def reask(req: VLMRequest, rec: dict) -> None:
+        """Re-ask up to ``max_reask`` times while the answer parses failed/partial; keep the answer that
+        names the most cells and add the re-asks' usage and cost to ``rec``."""
+        nonlocal reserved
+        parsed = parse_answer(rec["text"], req.k, categories)
+        for i in range(1, max_reask + 1):
+            if parsed.status == "ok" or stop.is_set():
+                break
+            ask = reask_request(req, parsed, i)
+            est = estimate_usd(ask)
+            with lock:
+                over = max_cost_usd is not None and spent + reserved + est > max_cost_usd
+                if not over:
+                    reserved += est
+            if over:
+                rec["reask_skipped"] = "budget"
+                break
+            try:
+                resp, n = call(ask)
+            except ItemError as exc:
+                rec["reask_error"] = str(exc)
+                break
+            finally:
+                with lock:
+                    reserved -= est
+            usd = charge(resp)
+            with lock:
+                summary.n_reasks += 1
+            rec["reasks"] = i
+            rec["first_text"] = rec.get("first_text", rec["text"])
+            rec["cost_usd"] += usd
+            rec["prompt_tokens"] += resp.prompt_tokens
+            rec["completion_tokens"] += resp.completion_tokens
+            rec["usage_estimated"] = rec["usage_estimated"] or resp.usage_estimated
+            rec["attempts"] += n
+            again = parse_answer(resp.text, req.k, categories)
+            if _n_answered(again) >= _n_answered(parsed):
+                rec.update(
+                    text=resp.text,
+                    finish_reason=resp.finish_reason,
+                    truncated=resp.finish_reason == "length",
+                )
+                parsed = again
+        rec["parse_status"] = parsed.status
+
+    def attempt(req: VLMRequest) -> dict:
+        resp, n = call(req)
+        rec = {
+            "text": resp.text,
+            "prompt_tokens": resp.prompt_tokens,
+            "completion_tokens": resp.completion_tokens,
+            "usage_estimated": resp.usage_estimated,
+            "finish_reason": resp.finish_reason,
+            "truncated": resp.finish_reason == "length",
+            "latency_s": resp.latency_s,
+            "model": resp.model,
+            "cost_usd": charge(resp),
+            "attempts": n,
+        }
+        if max_reask:
+            reask(req, rec)
+        return rec
 
     def finish(key: str, req: VLMRequest, fut: Future, est: float) -> None:
         nonlocal reserved

@@ -55,15 +55,23 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _plan(n_images, cats, budget, model, table_path, sim_dataset, sim_sets, prices) -> None:
-    from collage_prompt.plan import AccuracyTable, plan_budget, simulated_accuracy_table
+def _plan(
+    n_images, cats, budget, target, model, table_path, sim_dataset, sim_sets, prices, cost_model
+) -> None:
+    from collage_prompt.plan import AccuracyTable, plan_budget, plan_for_accuracy, simulated_accuracy_table
 
+    if budget is not None and target is not None:
+        raise CollagePromptError("give --budget or --target-accuracy, not both")
     if table_path is not None:
         table = AccuracyTable.load(table_path)
     else:
         data, order, n, _, sim = _simulator(sim_dataset, 0)
         table = simulated_accuracy_table(sim, data, order[n:], n_sets=sim_sets)
-    plan = plan_budget(n_images, cats, budget, table, model, prices=prices)
+    if target is not None:
+        plan = plan_for_accuracy(n_images, cats, target, table, model, prices=prices, cost_model=cost_model)
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    plan = plan_budget(n_images, cats, budget, table, model, prices=prices, cost_model=cost_model)
     typer.echo(json.dumps(plan.to_dict(), indent=2))
     if plan.best is None:
         cheapest = min(plan.options, key=lambda o: o.usd_total)
@@ -71,6 +79,35 @@ def _plan(n_images, cats, budget, model, table_path, sim_dataset, sim_sets, pric
             f"--budget {budget}: no grid labels {n_images} images within it; the cheapest is "
             f"{cheapest.grid}/{cheapest.detail} at ${cheapest.usd_total:.4f}"
         )
+
+
+def _cost_model(path: Path | None):
+    from collage_prompt.cost import CostModel
+
+    return CostModel.load(path, extend_shipped=True) if path is not None else CostModel.load()
+
+
+def _calibrate(model, base_url, api_key_env, sizes, out, yes, prices, cost_model) -> None:
+    from collage_prompt.calibrate import DEFAULT_SIZES, PROBE_TEXT, calibrate_image_tokens, parse_sizes
+    from collage_prompt.client import OpenAIChatClient
+    from collage_prompt.cost import estimate_text_tokens
+
+    chosen = parse_sizes(sizes) if sizes else list(DEFAULT_SIZES)
+    if model in prices.prices:
+        tokens = sum(cost_model.image_tokens(w, h, "high", model) for w, h in chosen)
+        usd = prices.usd(
+            tokens + (len(chosen) + 1) * estimate_text_tokens(PROBE_TEXT), 16 * len(chosen), model
+        )
+        typer.echo(f"{len(chosen) + 1} probe requests to {model}, estimated ${usd:.4f}", err=True)
+    else:
+        typer.echo(f"{len(chosen) + 1} probe requests to {model} (no price known for it)", err=True)
+    if not yes:
+        typer.echo("nothing sent: pass --yes to run the probe", err=True)
+        raise typer.Exit(1)
+    client = OpenAIChatClient(model, base_url=base_url, api_key_env=api_key_env, max_tokens=16)
+    cal = calibrate_image_tokens(client, chosen, workers=1, prices=prices)
+    typer.echo(json.dumps(cal.to_dict(), indent=2))
+    typer.echo(f"wrote {cal.save(out)}: pass it back with --cost-model {out}", err=True)
 
 
 @app.command()
@@ -83,27 +120,62 @@ def cost(
     classes: Path = typer.Option(None, help="classes.json / classes.txt (default: 10 dummy classes)."),
     image_side: int = typer.Option(None, help="Image side in px for 1x1 (default: the collage size)."),
     prices: Path = typer.Option(None, help="Your prices.json."),
+    cost_model: Path = typer.Option(
+        None, help="Your image-token rules (e.g. from --calibrate); they extend the shipped cost_models.json."
+    ),
     budget: float = typer.Option(
         None,
         help="USD budget: plan the grid (1x1..4x4) and detail with the best expected accuracy within it.",
     ),
-    accuracy_table: Path = typer.Option(
-        None, help="With --budget: your accuracy-by-grid JSON (default: the simulated VLM on --sim-dataset)."
+    target_accuracy: float = typer.Option(
+        None, help="Plan the cheapest grid (1x1..4x4) and detail whose expected accuracy reaches this."
     ),
-    sim_dataset: str = typer.Option("digits", help="With --budget: offline dataset for the simulated table."),
-    sim_sets: int = typer.Option(20, help="With --budget: image sets per grid for the simulated table."),
+    accuracy_table: Path = typer.Option(
+        None,
+        help="With --budget/--target-accuracy: your accuracy-by-grid JSON (default: the simulated VLM).",
+    ),
+    sim_dataset: str = typer.Option("digits", help="Offline dataset for the simulated table."),
+    sim_sets: int = typer.Option(20, help="Image sets per grid for the simulated table."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="Fit the endpoint's base and per-tile image tokens from blank probe images.",
+    ),
+    base_url: str = typer.Option(None, help="With --calibrate: OpenAI-compatible endpoint."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="With --calibrate: variable holding the key."),
+    sizes: str = typer.Option(None, help="With --calibrate: probe sizes WxH,... (default 1 to 4 tiles)."),
+    out: Path = typer.Option(
+        Path("cost_model.calibrated.json"), help="With --calibrate: the cost-model file to write."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="With --calibrate: send the probes after the estimate."),
 ) -> None:
-    """Estimate tokens and USD for labelling N images with one grid, or with --budget plan the grid."""
+    """Estimate tokens and USD for labelling N images with one grid; plan the grid for a --budget or a
+    --target-accuracy; or --calibrate the image-token rule of an endpoint."""
     from collage_prompt.cost import PriceTable, estimate
     from collage_prompt.prompt import load_classes
 
+    price_table, rules = PriceTable.load(prices), _cost_model(cost_model)
+    if calibrate:
+        _calibrate(model, base_url, api_key_env, sizes, out, yes, price_table, rules)
+        return
     cats = load_classes(classes) if classes else [f"class {i}" for i in range(10)]
-    if budget is not None:
-        _plan(n_images, cats, budget, model, accuracy_table, sim_dataset, sim_sets, PriceTable.load(prices))
+    if budget is not None or target_accuracy is not None:
+        _plan(
+            n_images,
+            cats,
+            budget,
+            target_accuracy,
+            model,
+            accuracy_table,
+            sim_dataset,
+            sim_sets,
+            price_table,
+            rules,
+        )
         return
     size = (image_side, image_side) if image_side else None
     est = estimate(
-        _grid(grid), cats, model, detail, n_images, image_size=size, prices=PriceTable.load(prices)
+        _grid(grid), cats, model, detail, n_images, image_size=size, prices=price_table, cost_model=rules
     )
     typer.echo(json.dumps(asdict(est), indent=2))
 
@@ -166,25 +238,39 @@ def run(
     workers: int = typer.Option(4),
     retry_failed: bool = typer.Option(False),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images instead of stopping."),
+    max_reask: int = typer.Option(0, help="Re-ask a failed/partial answer with a format reminder (0 or 1)."),
+    fallback: bool = typer.Option(
+        False, "--fallback", help="Re-query cells with a missing or out-of-list answer one image per call."
+    ),
+    cost_model: Path = typer.Option(None, help="Your image-token rules (e.g. from cost --calibrate)."),
     yes: bool = typer.Option(False, "--yes", help="Send the requests after showing the estimate."),
 ) -> None:
-    """Label an image folder with a real VLM (prints the estimate first; needs --yes)."""
+    """Label an image folder with a real VLM (prints the estimate first; needs --yes). Writes the raw answers
+    to OUT/results.jsonl and one line per image to OUT/labels.jsonl."""
     from collage_prompt.batch import run_batch
     from collage_prompt.client import OpenAIChatClient
     from collage_prompt.collect import collage_request
     from collage_prompt.cost import estimate
     from collage_prompt.data import ImageFolderDataset
-    from collage_prompt.prompt import parse_answer
+    from collage_prompt.fallback import collage_answers, run_with_fallback
 
     spec = _grid(grid)
+    rules = _cost_model(cost_model)
     data = ImageFolderDataset(images, classes, skip_bad)
-    est = estimate(spec, data.classes, model, detail, len(data), template=template)
+    est = estimate(spec, data.classes, model, detail, len(data), template=template, cost_model=rules)
     typer.echo(f"{len(data)} images, {est.n_queries} requests, estimated ${est.total_usd:.4f}")
+    if fallback:
+        typer.echo("--fallback adds one single-image request per missing or out-of-list cell answer")
     if not yes:
         typer.echo("nothing sent: pass --yes to run")
         raise typer.Exit(1)
     client = OpenAIChatClient(
-        model, base_url=base_url, api_key_env=api_key_env, detail=detail, json_mode=template == "json-v1"
+        model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        detail=detail,
+        json_mode=template == "json-v1",
+        cost_model=rules,
     )
     idx = np.arange(len(data))
     sets = [idx[i : i + spec.k] for i in range(0, len(idx), spec.k)]
@@ -194,34 +280,49 @@ def run(
         )
         for s in sets
     ]
+    batch = {
+        "workers": workers,
+        "max_cost_usd": max_cost_usd,
+        "retry_failed": retry_failed,
+        "max_reask": max_reask,
+        "categories": data.classes,
+        "cost_model": rules,
+    }
     try:
-        summary = run_batch(
-            requests, client, out, workers=workers, max_cost_usd=max_cost_usd, retry_failed=retry_failed
-        )
+        if fallback:
+            hybrid = run_with_fallback(requests, client, out, data, **batch)
+            summaries = [hybrid.collage, *([hybrid.fallback] if hybrid.fallback else [])]
+            cells = hybrid.cells
+        else:
+            summaries = [run_batch(requests, client, out, **batch)]
+            cells = collage_answers(requests, summaries[0].records, data)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    correct = total = 0
-    for req in requests:
-        rec = summary.records.get(req.key)
-        if rec is not None:
-            parsed = parse_answer(rec["text"], req.k, data.classes)
-            correct += sum(m == t for m, t in zip(parsed.matched, req.meta["truth"], strict=False))
-        total += req.k
-    typer.echo(
-        json.dumps(
-            {
-                "status": summary.status,
-                "ok": summary.n_ok,
-                "failed": summary.n_failed,
-                "cost_usd": summary.cost_usd,
-                "acc": correct / max(1, total),
-                "error": summary.error,
-            }
-        )
-    )
-    if summary.status == "interrupted":
+    status = next((s.status for s in reversed(summaries) if s.status != "complete"), "complete")
+    answers = [a for row in cells for a in row]
+    with open(out / "labels.jsonl", "w", encoding="utf-8") as f:
+        for a in answers:
+            name = None if a.matched is None else data.classes.names[a.matched]
+            line = {"image_id": data.ids[a.image_index], "answer": a.label, "class": name, "source": a.source}
+            f.write(json.dumps({**line, "fallback_reason": a.reason}) + "\n")
+    correct = sum(a.matched == data.labels[a.image_index] for a in answers)
+    report = {
+        "status": status,
+        "ok": summaries[0].n_ok,
+        "failed": sum(s.n_failed for s in summaries),
+        "calls": sum(s.n_calls for s in summaries),
+        "reasks": sum(s.n_reasks for s in summaries),
+        "cost_usd": sum(s.cost_usd for s in summaries),
+        "acc": correct / max(1, len(answers)),
+        "error": next((s.error for s in summaries if s.error), None),
+    }
+    if fallback:
+        report["fallback_cells"] = len(hybrid.fallback_cells)
+        report["fallback_cost_usd"] = hybrid.fallback.cost_usd if hybrid.fallback else 0.0
+    typer.echo(json.dumps(report))
+    if status == "interrupted":
         raise typer.Exit(130)
-    if summary.status == "aborted":
+    if status == "aborted":
         raise typer.Exit(3)
 
 

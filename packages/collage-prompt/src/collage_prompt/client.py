@@ -62,7 +62,7 @@ def encode_png(image: Image.Image) -> bytes:
 
 @dataclass
 class VLMRequest:
-    """One question about one image.
+    """One question about one image (``image_png=b""``: a text-only question, e.g. a calibration probe).
 
     ``meta`` is layout metadata kept locally (grid, template, image ids, and for simulation the true labels);
     it is never sent to a server.
@@ -84,9 +84,18 @@ class VLMRequest:
             self.key = h.hexdigest()
 
     def image_size(self) -> tuple[int, int]:
-        """``(width, height)`` of the PNG."""
+        """``(width, height)`` of the PNG (``(0, 0)`` for a text-only request)."""
+        if not self.image_png:
+            return 0, 0
         with Image.open(io.BytesIO(self.image_png)) as im:
             return im.size
+
+    def image_tokens(self, cost_model: CostModel, model: str) -> int:
+        """Estimated input tokens of the image under ``cost_model`` (0 for a text-only request)."""
+        if not self.image_png:
+            return 0
+        w, h = self.image_size()
+        return cost_model.image_tokens(w, h, self.detail, model)
 
 
 @dataclass
@@ -177,7 +186,9 @@ class OpenAIChatClient:
         o = self._openai
         kwargs: dict = {
             "model": self.model,
-            "messages": build_messages(req.image_png, req.prompt, req.detail),
+            "messages": build_messages(req.image_png, req.prompt, req.detail)
+            if req.image_png
+            else [{"role": "user", "content": [{"type": "text", "text": req.prompt}]}],
             "temperature": self.temperature,
         }
         if self.max_tokens is not None:
@@ -226,8 +237,7 @@ class OpenAIChatClient:
         if usage is not None and usage.prompt_tokens is not None:
             pt, ct, est = int(usage.prompt_tokens), int(usage.completion_tokens or 0), False
         else:
-            w, h = req.image_size()
-            pt = self.cost_model.image_tokens(w, h, req.detail, self.model) + estimate_text_tokens(req.prompt)
+            pt = req.image_tokens(self.cost_model, self.model) + estimate_text_tokens(req.prompt)
             ct, est = estimate_text_tokens(text or ""), True
         return VLMResponse(text, pt, ct, est, choice.finish_reason, latency, resp.model or self.model)
 

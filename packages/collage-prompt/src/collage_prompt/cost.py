@@ -24,6 +24,7 @@ __all__ = [
     "estimate_text_tokens",
     "image_tokens",
     "query_cost",
+    "tile_count",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,16 @@ class CostModel:
     models: dict[str, dict]
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> CostModel:
-        """The shipped table, or your own file of the same shape."""
-        return cls(_read(path, "cost_models.json"))
+    def load(cls, path: str | Path | None = None, *, extend_shipped: bool = False) -> CostModel:
+        """The shipped table, or your own file of the same shape; with ``extend_shipped`` your file's entries
+        (e.g. one written by ``collage-prompt cost --calibrate``) replace or add to the shipped ones."""
+        models = _read(path, "cost_models.json")
+        where = str(path) if path is not None else "cost_models.json"
+        for name, rule in models.items():
+            _check_rule(rule, name, where)
+        if extend_shipped and path is not None:
+            models = {**_read(None, "cost_models.json"), **models}
+        return cls(models)
 
     def rule(self, model: str) -> dict:
         """The rule for ``model``; an unknown model falls back to the gpt-4o tile rule with a warning."""
@@ -87,15 +95,35 @@ class CostModel:
         if rule["family"] == "patch":
             return _patch_tokens(width, height, float(rule["multiplier"]))
         if detail == "low":
-            return int(rule["base"])
-        w, h = float(width), float(height)
-        s = min(1.0, 2048.0 / max(w, h))
+            return round(rule["base"])
+        return round(rule["base"] + rule["per_tile"] * tile_count(width, height, upscale_short_side))
+
+
+def _check_rule(rule, name: str, where: str) -> None:
+    ok = isinstance(rule, dict) and (
+        (
+            rule.get("family") == "tile"
+            and all(isinstance(rule.get(k), (int, float)) for k in ("base", "per_tile"))
+        )
+        or (rule.get("family") == "patch" and isinstance(rule.get("multiplier"), (int, float)))
+    )
+    if not ok:
+        raise CollagePromptError(
+            f"{where}: model {name!r} needs {{'family': 'tile', 'base': n, 'per_tile': n}} or "
+            f"{{'family': 'patch', 'multiplier': x}}, got {rule!r}"
+        )
+
+
+def tile_count(width: int, height: int, upscale_short_side: bool = False) -> int:
+    """512-px tiles of a high-detail image: fit within 2048 x 2048, shrink the short side to 768 px (or, with
+    ``upscale_short_side``, also enlarge it to 768), then count ``ceil(w / 512) * ceil(h / 512)``."""
+    w, h = float(width), float(height)
+    s = min(1.0, 2048.0 / max(w, h))
+    w, h = w * s, h * s
+    s = 768.0 / min(w, h)
+    if s < 1.0 or upscale_short_side:
         w, h = w * s, h * s
-        s = 768.0 / min(w, h)
-        if s < 1.0 or upscale_short_side:
-            w, h = w * s, h * s
-        tiles = math.ceil(round(w, 6) / 512) * math.ceil(round(h, 6) / 512)
-        return int(rule["base"] + rule["per_tile"] * tiles)
+    return math.ceil(round(w, 6) / 512) * math.ceil(round(h, 6) / 512)
 
 
 def _patch_tokens(width: int, height: int, multiplier: float) -> int:

@@ -1,7 +1,10 @@
-"""Image feature extractors: offline handcrafted features (default) and local-weight timm backbones."""
+"""Image feature extractors: offline handcrafted features (default), and timm and open_clip backbones with
+local weights only."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -12,7 +15,9 @@ from sklearn.decomposition import PCA
 
 from collage_prompt.errors import CollagePromptError
 
-__all__ = ["FeatureExtractor", "HandcraftedFeatures", "TimmFeatures", "cosine_matrix"]
+__all__ = ["FeatureExtractor", "HandcraftedFeatures", "OpenClipFeatures", "TimmFeatures", "cosine_matrix"]
+
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -120,6 +125,140 @@ class TimmFeatures:
         x = (torch.from_numpy(batch).permute(0, 3, 1, 2) - self.mean) / self.std
         with torch.no_grad():
             return self.model(x.to(self.device)).float().cpu().numpy()
+
+
+def _load_state(path: Path) -> dict:
+    """A state dict from ``.safetensors`` or a torch checkpoint (``weights_only=True``), unwrapped from
+    ``{"state_dict": ...}`` and DataParallel's ``module.`` prefix."""
+    import torch
+
+    if not path.is_file():
+        raise CollagePromptError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, pickle and zip errors alike: the file is unreadable
+        raise CollagePromptError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CollagePromptError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _open_clip_config(arch) -> dict:
+    """An open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...) from a built-in architecture
+    name, a model-config JSON file or a dict. Hub (``hf-hub:``) and ``local-dir:`` names are refused."""
+    import copy
+
+    import open_clip
+
+    if isinstance(arch, dict):
+        cfg, where = copy.deepcopy(arch), "model config dict"
+    elif str(arch).endswith(".json"):
+        path = Path(arch)
+        if not path.is_file():
+            raise CollagePromptError(f"{path}: open_clip model config not found")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CollagePromptError(f"{path}: not valid JSON ({exc})") from None
+        where = str(path)
+    else:
+        if ":" in str(arch) or str(arch) not in open_clip.list_models():
+            raise CollagePromptError(
+                f"OpenClipFeatures: unknown open_clip architecture {arch!r}; give a built-in name "
+                "(open_clip.list_models()) or a model-config .json file"
+            )
+        cfg, where = open_clip.get_model_config(str(arch)), str(arch)
+    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        raise CollagePromptError(
+            f"{where}: an open_clip model config needs embed_dim, vision_cfg and text_cfg"
+        )
+    if "hf_model_name" in cfg["text_cfg"]:
+        cfg["text_cfg"]["hf_model_pretrained"] = False
+    if "timm_model_name" in cfg["vision_cfg"]:
+        cfg["vision_cfg"]["timm_model_pretrained"] = False
+    return cfg
+
+
+class OpenClipFeatures:
+    """Unit-norm open_clip image embeddings ``(N, embed_dim)`` float32, built offline.
+
+    ``arch`` is a built-in open_clip architecture name (e.g. ``"ViT-B-32"``), a model-config JSON file or a
+    config dict; ``checkpoint_path`` a local ``.safetensors`` file or torch checkpoint (read with
+    ``weights_only=True``) of the whole CLIP model. Nothing is downloaded. Images are preprocessed with
+    open_clip's eval transform (resize, centre crop, the config's ``preprocess_cfg`` mean/std, else OpenAI's).
+    """
+
+    def __init__(self, arch, checkpoint_path: str | Path, device: str = "auto", batch_size: int = 64) -> None:
+        import open_clip
+
+        from difflab_core.device import resolve_device
+
+        if batch_size < 1:
+            raise CollagePromptError(f"OpenClipFeatures: batch_size={batch_size} must be >= 1")
+        cfg = _open_clip_config(arch)
+        pre = {
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+            **cfg.pop("preprocess_cfg", {}),
+        }
+        custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
+        model_class = (
+            (open_clip.CoCa if "multimodal_cfg" in cfg else open_clip.CustomTextCLIP)
+            if custom_text
+            else open_clip.CLIP
+        )
+        try:
+            model = model_class(**cfg)
+        except (TypeError, ValueError, KeyError, OSError) as exc:
+            raise CollagePromptError(f"OpenClipFeatures: cannot build {arch!r} ({exc})") from None
+        path = Path(checkpoint_path)
+        state = _load_state(path)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise CollagePromptError(f"{path}: weights do not fit the architecture ({exc})"[:500]) from None
+        for kind, keys in (("missing", missing), ("unexpected", unexpected)):
+            visual = [k for k in keys if k.startswith("visual.")]
+            if visual:
+                raise CollagePromptError(
+                    f"{path}: weights do not fit the architecture's image tower ({kind} {visual[:3]}...)"
+                )
+        if missing or unexpected:
+            logger.info("%s: text-tower keys %d missing, %d unexpected", path, len(missing), len(unexpected))
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.batch_size = batch_size
+        self.embed_dim = int(cfg["embed_dim"])
+        self.transform = open_clip.image_transform(
+            cfg["vision_cfg"].get("image_size", 224),
+            is_train=False,
+            mean=tuple(pre["mean"]),
+            std=tuple(pre["std"]),
+            resize_mode=pre.get("resize_mode"),
+            interpolation=pre.get("interpolation"),
+        )
+
+    def __call__(self, images) -> np.ndarray:
+        import torch
+
+        images = list(images)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.transform(_rgb(im)) for im in images[start : start + self.batch_size]])
+            with torch.no_grad():
+                out.append(
+                    self.model.encode_image(batch.to(self.device), normalize=True).float().cpu().numpy()
+                )
+        if not out:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
 
 
 def cosine_matrix(feats: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Budget planner (spec §8.3): the grid and detail that label N images most accurately within a budget.
+"""Budget planner (spec §8.3): the grid and detail that label N images most accurately within a budget, or
+most cheaply at a target accuracy.
 
 Cost comes from the cost model (:func:`~collage_prompt.cost.estimate`: prompt text with the category list,
 image tokens of the rendered collage, answer tokens, prices from ``prices.json``). Expected accuracy comes
@@ -27,6 +28,7 @@ __all__ = [
     "BudgetPlan",
     "PlanOption",
     "plan_budget",
+    "plan_for_accuracy",
     "simulated_accuracy_table",
 ]
 
@@ -130,7 +132,8 @@ def simulated_accuracy_table(
 
 @dataclass
 class PlanOption:
-    """One (grid, detail) choice: its expected accuracy and the cost of labelling all images with it."""
+    """One (grid, detail) choice: its expected accuracy and the cost of labelling all images with it.
+    ``within_budget`` / ``meets_target`` are None when the plan has no budget / no target accuracy."""
 
     grid: str
     detail: str
@@ -138,43 +141,41 @@ class PlanOption:
     n_queries: int
     usd_total: float
     usd_per_image: float
-    within_budget: bool
+    within_budget: bool | None
+    meets_target: bool | None = None
 
 
 @dataclass
 class BudgetPlan:
-    """``best``: the most accurate option within budget (cheapest on ties), None when nothing fits."""
+    """``best``: for a budget, the most accurate option within it (cheapest on ties), None when nothing fits;
+    for a target accuracy, the cheapest option reaching it (most accurate on ties)."""
 
     n_images: int
-    budget_usd: float
+    budget_usd: float | None
     model: str
     best: PlanOption | None
     options: list[PlanOption] = field(default_factory=list)
     accuracy_source: str = ""
+    target_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def plan_budget(
+def _priced_options(
     n_images: int,
     categories,
-    budget_usd: float,
     table: AccuracyTable,
-    model: str = "gpt-4o",
-    *,
-    template: str = "paper-v1",
-    prices: PriceTable | None = None,
-    cost_model: CostModel | None = None,
-) -> BudgetPlan:
-    """Every (grid, detail) of ``table`` priced for ``n_images`` with ``categories`` on ``model``; the best is
-    the highest expected accuracy whose total estimated cost is at most ``budget_usd``."""
+    model: str,
+    template: str,
+    prices: PriceTable | None,
+    cost_model: CostModel | None,
+) -> list[PlanOption]:
+    """Every (grid, detail) of ``table`` priced by the cost model for ``n_images``."""
     if n_images < 1:
-        raise CollagePromptError(f"plan_budget: n_images={n_images} must be >= 1")
-    if budget_usd <= 0:
-        raise CollagePromptError(f"plan_budget: budget {budget_usd} USD must be > 0")
+        raise CollagePromptError(f"plan: n_images={n_images} must be >= 1")
     if not table.accuracy:
-        raise CollagePromptError(f"plan_budget: the accuracy table ({table.source}) is empty")
+        raise CollagePromptError(f"plan: the accuracy table ({table.source}) is empty")
     prices = prices or PriceTable.load()
     cost_model = cost_model or CostModel.load()
     options = []
@@ -190,16 +191,58 @@ def plan_budget(
             prices=prices,
         )
         options.append(
-            PlanOption(
-                grid,
-                detail,
-                acc,
-                est.n_queries,
-                est.total_usd,
-                est.total_usd / n_images,
-                est.total_usd <= budget_usd,
-            )
+            PlanOption(grid, detail, acc, est.n_queries, est.total_usd, est.total_usd / n_images, None)
         )
+    return options
+
+
+def plan_budget(
+    n_images: int,
+    categories,
+    budget_usd: float,
+    table: AccuracyTable,
+    model: str = "gpt-4o",
+    *,
+    template: str = "paper-v1",
+    prices: PriceTable | None = None,
+    cost_model: CostModel | None = None,
+) -> BudgetPlan:
+    """Every (grid, detail) of ``table`` priced for ``n_images`` with ``categories`` on ``model``; the best is
+    the highest expected accuracy whose total estimated cost is at most ``budget_usd``."""
+    if budget_usd <= 0:
+        raise CollagePromptError(f"plan_budget: budget {budget_usd} USD must be > 0")
+    options = _priced_options(n_images, categories, table, model, template, prices, cost_model)
+    for o in options:
+        o.within_budget = o.usd_total <= budget_usd
     fitting = [o for o in options if o.within_budget]
     best = max(fitting, key=lambda o: (o.expected_accuracy, -o.usd_total)) if fitting else None
     return BudgetPlan(n_images, budget_usd, model, best, options, table.source)
+
+
+def plan_for_accuracy(
+    n_images: int,
+    categories,
+    target_accuracy: float,
+    table: AccuracyTable,
+    model: str = "gpt-4o",
+    *,
+    template: str = "paper-v1",
+    prices: PriceTable | None = None,
+    cost_model: CostModel | None = None,
+) -> BudgetPlan:
+    """The cheapest (grid, detail) of ``table`` whose expected accuracy is at least ``target_accuracy`` (the
+    more accurate on equal cost); :class:`CollagePromptError` naming the best reachable accuracy when none is."""
+    if not 0.0 < target_accuracy <= 1.0:
+        raise CollagePromptError(f"plan_for_accuracy: target accuracy {target_accuracy} must be in (0, 1]")
+    options = _priced_options(n_images, categories, table, model, template, prices, cost_model)
+    for o in options:
+        o.meets_target = o.expected_accuracy >= target_accuracy
+    reaching = [o for o in options if o.meets_target]
+    if not reaching:
+        top = max(options, key=lambda o: o.expected_accuracy)
+        raise CollagePromptError(
+            f"target accuracy {target_accuracy}: no grid reaches it; the most accurate is {top.grid}/"
+            f"{top.detail} at {top.expected_accuracy:.4f} ({table.source})"
+        )
+    best = min(reaching, key=lambda o: (o.usd_total, -o.expected_accuracy))
+    return BudgetPlan(n_images, None, model, best, options, table.source, target_accuracy)

@@ -54,16 +54,43 @@ def build_index(
     sscd: Path | None = typer.Option(None, "--sscd", help="local SSCD TorchScript file (for --backend sscd)"),
     pixel_size: int = typer.Option(64, help="side of the stored pixels (native size if smaller)"),
     shard_size: int = typer.Option(50_000, help="rows per shard"),
+    vae: Path | None = typer.Option(
+        None, "--vae", help="pipeline (or VAE) folder: also store VAE latents, for AMG --pixel-space latent"
+    ),
+    vae_image_size: int | None = typer.Option(
+        None, help="resize images to this side before encoding (default: as found; use the generation size)"
+    ),
 ) -> None:
     """Build a nearest-neighbour index of training images (run under `accelerate launch` to shard)."""
-    from .index import NeighbourIndex
+    from difflab_core.device import process_state
 
-    index = _guarded(
-        lambda: NeighbourIndex.build(
-            src, out, backends=tuple(backend), sscd_path=sscd, pixel_size=pixel_size, shard_size=shard_size
+    from .index import NeighbourIndex, load_vae
+
+    def run():
+        # each rank encodes on its own device (cuda:<local rank>, or the CPU)
+        autoencoder = None if vae is None else load_vae(vae).to(process_state().device)
+        return NeighbourIndex.build(
+            src,
+            out,
+            backends=tuple(backend),
+            sscd_path=sscd,
+            pixel_size=pixel_size,
+            shard_size=shard_size,
+            vae=autoencoder,
+            vae_image_size=vae_image_size,
+        )
+
+    index = _guarded(run)
+    typer.echo(
+        json.dumps(
+            {
+                "index": str(out),
+                "count": len(index),
+                "pixel_size": index.pixel_size,
+                "latent_shape": index.latent_shape,
+            }
         )
     )
-    typer.echo(json.dumps({"index": str(out), "count": len(index), "pixel_size": index.pixel_size}))
 
 
 @app.command("build-captions")
@@ -123,6 +150,12 @@ def generate(
         None, "--compress-skip", help="Compress CFG skip (off if omitted)"
     ),
     lambda_floor: float = typer.Option(0.3, help="AMG threshold floor (raise it with a calibration)"),
+    pixel_space: str = typer.Option(
+        "image", help="AMG detection on decoded images or on latents (needs an index built with --vae)"
+    ),
+    preview_decoder: Path | None = typer.Option(
+        None, help="local AutoencoderTiny folder that decodes x̂₀ for AMG detection"
+    ),
     seeds: int = typer.Option(1, help="seeds per prompt"),
     steps: int = typer.Option(50, help="inference steps"),
     guidance_scale: float = typer.Option(7.5, help="CFG scale"),
@@ -131,15 +164,23 @@ def generate(
     """Generate with AMG (--amg-index), Compress CFG (--compress-skip) or both; one PNG per prompt and seed."""
     from .amg import AMGConfig
     from .captions import CaptionStats
+    from .errors import GuidanceKitError
     from .index import NeighbourIndex
     from .jobs import generate_many, read_prompts
 
     def run():
         texts = read_prompts(prompts)
         amg = None
+        if preview_decoder is not None and not (preview_decoder / "config.json").is_file():
+            raise GuidanceKitError(
+                f"--preview-decoder: {preview_decoder} is not a local AutoencoderTiny folder (no config.json)"
+            )
         if amg_index is not None:
             stats = CaptionStats.load(captions) if captions is not None else None
-            amg = (NeighbourIndex.load(amg_index), AMGConfig(lambda_floor=lambda_floor), stats)
+            config = AMGConfig(
+                lambda_floor=lambda_floor, pixel_space=pixel_space, preview_decoder=preview_decoder
+            )
+            amg = (NeighbourIndex.load(amg_index), config, stats)
         return generate_many(
             pipe_dir,
             texts,

@@ -4,7 +4,9 @@ Layout of an index folder:
 
 - ``manifest.json``: format version, backends with their parameters, pixel size, count, shards with sha256.
 - ``shard-NNNNN.safetensors``: ``pixels`` [n, 3, s, s] uint8, ``rows`` int64, ``labels`` int64 (−1 = none),
-  and ``keys/<backend>`` [n, D] fp16 (L2-normalised) for embedding backends.
+  ``keys/<backend>`` [n, D] fp16 (L2-normalised) for embedding backends, and, when built with a VAE,
+  ``latents`` [n, C, h, w] fp16 in the denoiser's space ((mode − shift_factor)·scaling_factor), for
+  decode-free detection (``AMGConfig(pixel_space="latent")``).
 - ``items.jsonl``: one line per row: row, path (relative to the source), sha256, label.
 
 Under ``accelerate launch`` every rank embeds and writes its own shard; rank 0 writes the manifest after
@@ -14,6 +16,7 @@ Under ``accelerate launch`` every rank embeds and writes its own shard; rank 0 w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from difflab_core.device import process_state
 from difflab_core.loading import file_sha256
 from difflab_core.metrics import knn
 
 from .errors import GuidanceKitError, core_errors
 
-__all__ = ["BACKENDS", "FORMAT_VERSION", "NeighbourIndex", "read_images"]
+__all__ = ["BACKENDS", "FORMAT_VERSION", "NeighbourIndex", "encode_latents", "load_vae", "read_images"]
 
 FORMAT_VERSION = 1
 BACKENDS = ("pixel", "ssim", "sscd", "embedding")
@@ -103,6 +107,9 @@ class NeighbourIndex:
 
     ``pixel_size``: the side of stored pixels (64, or the native size if smaller). ``keys[backend]`` [N, D]
     for embedding backends; ``embedder``: the module that made them (needed to embed queries).
+    ``latents``: fp16 [N, C, h, w] VAE latents in the denoiser's space, or None; ``latent_info``: how they were
+    made (``scaling_factor``, ``shift_factor``, ``image_size``, ``vae``). ``path``: the folder it was loaded
+    from (None in memory).
     """
 
     def __init__(
@@ -114,6 +121,9 @@ class NeighbourIndex:
         embedder=None,
         items: list[dict] | None = None,
         manifest: dict | None = None,
+        latents: Tensor | None = None,
+        latent_info: dict | None = None,
+        path: str | Path | None = None,
     ) -> None:
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
             raise GuidanceKitError(
@@ -126,6 +136,14 @@ class NeighbourIndex:
         self.items = items or []
         self.manifest = manifest or {}
         self._float_pixels: Tensor | None = None
+        if latents is not None and (latents.ndim != 4 or len(latents) != len(pixels)):
+            raise GuidanceKitError(
+                f"NeighbourIndex: latents must be [N={len(pixels)}, C, h, w], got {tuple(latents.shape)}"
+            )
+        self._latents = latents
+        self.latent_info = latent_info or {}
+        self._float_latents: Tensor | None = None
+        self.path = None if path is None else Path(path)
 
     def __len__(self) -> int:
         return len(self._pixels)
@@ -149,6 +167,52 @@ class NeighbourIndex:
         if self._float_pixels is None:
             self._float_pixels = self._pixels.flatten(1).float() / 255.0
         return self._float_pixels
+
+    @property
+    def has_latents(self) -> bool:
+        return self._latents is not None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(C, h, w) of the stored latents, or None."""
+        return None if self._latents is None else tuple(self._latents.shape[1:])
+
+    def _where(self) -> str:
+        return f"the index {self.path}" if self.path is not None else "the in-memory index"
+
+    def flat_latents(self) -> Tensor:
+        """All stored latents, float32 [N, C·h·w] (cached)."""
+        if self._latents is None:
+            raise GuidanceKitError(
+                f"{self._where()} has no VAE latents; build it with vae= (CLI: build-index --vae PIPE_DIR)"
+            )
+        if self._float_latents is None:
+            self._float_latents = self._latents.flatten(1).float()
+        return self._float_latents
+
+    def latents(self, rows: Tensor | Sequence[int]) -> Tensor:
+        """Stored latents of ``rows``, float32 [.., C, h, w]."""
+        return self.flat_latents()[torch.as_tensor(rows, dtype=torch.long)].view(-1, *self.latent_shape)
+
+    def check_latent_query(self, latents: Tensor) -> Tensor:
+        """``latents`` [B, C, h, w] flattened to float [B, C·h·w], after checking (C, h, w) against the index."""
+        self.flat_latents()
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise GuidanceKitError(
+                f"{self._where()} stores latents of shape {list(self.latent_shape)} but the query latents are "
+                f"{list(latents.shape[1:])}; build the index with the pipeline's VAE from images at the "
+                "generation resolution (vae_image_size=)"
+            )
+        return latents.flatten(1).float()
+
+    @torch.no_grad()
+    def search_latents(self, latents: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Exact k-NN on the stored latents: ``(rmse [B, k] ascending, rows [B, k])``, ``latents`` [B, C, h, w] in
+        the denoiser's space (no decode)."""
+        q = self.check_latent_query(latents)
+        with core_errors("NeighbourIndex.search_latents"):
+            dist, rows = knn(q, self.flat_latents().to(q.device), min(int(k), len(self)), metric="l2")
+        return dist / q.shape[1] ** 0.5, rows
 
     def to_query(self, images: Tensor) -> Tensor:
         """Queries [B, 3, H, W] in [0, 1] resized to the index's pixel size (differentiable)."""
@@ -188,14 +252,18 @@ class NeighbourIndex:
         labels: Tensor | Sequence[int] | None = None,
         shard_size: int = 50_000,
         device: str = "auto",
+        vae=None,
+        vae_image_size: int | None = None,
     ) -> NeighbourIndex:
         """Index ``source``: a tensor [N, 3, H, W] in [0, 1] (or uint8), a folder of images or an ``.npz``.
 
         ``backends``: "pixel"/"ssim" (pixels only), "sscd" (needs ``sscd_path``, a TorchScript file) and
         "embedding" (needs ``embedder``, an `ImageSimilarity`). Without ``out_dir`` the index stays in memory.
+        ``vae``: a diffusers autoencoder (e.g. ``pipe.vae``); with it the index also stores the images' latents
+        (`encode_latents`, on the VAE's own device and dtype) for ``AMGConfig(pixel_space="latent")``.
+        ``vae_image_size``: the side images are resized to before encoding (default: their own size; it should
+        be the generation resolution).
         """
-        from accelerate import PartialState
-
         from difflab_core.device import resolve_device
 
         unknown = [b for b in backends if b not in BACKENDS]
@@ -233,7 +301,7 @@ class NeighbourIndex:
             raise GuidanceKitError(
                 "backends includes 'embedding': pass embedder= (an ImageSimilarity module)"
             )
-        state = PartialState()
+        state = process_state()
         if out_dir is None:
             mine = torch.arange(len(pixels))
         else:
@@ -242,16 +310,36 @@ class NeighbourIndex:
         for backend in backends:
             if backend in ("sscd", "embedding"):
                 keys[backend] = _embed(embedder, raw[mine], batch_size, resolve_device(device))
+        latents, latent_info = None, None
+        if vae is not None:
+            latents, latent_info = encode_latents(vae, raw[mine], batch_size, vae_image_size)
         if out_dir is not None:
-            _write_shards(Path(out_dir), state, mine, pixels[mine], label_t[mine], keys, shard_size)
+            _write_shards(Path(out_dir), state, mine, pixels[mine], label_t[mine], keys, shard_size, latents)
             state.wait_for_everyone()
             if state.is_main_process:
                 _write_manifest(
-                    Path(out_dir), backends, size, names, raw, label_t, skipped, source, sscd_path
+                    Path(out_dir),
+                    backends,
+                    size,
+                    names,
+                    raw,
+                    label_t,
+                    skipped,
+                    source,
+                    sscd_path,
+                    latent_info,
                 )
             state.wait_for_everyone()
             return cls.load(out_dir, embedder=embedder)
-        return cls(pixels, labels=label_t, keys=keys, embedder=embedder, items=_items(names, raw, label_t))
+        return cls(
+            pixels,
+            labels=label_t,
+            keys=keys,
+            embedder=embedder,
+            items=_items(names, raw, label_t),
+            latents=latents,
+            latent_info=latent_info,
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True, embedder=None) -> NeighbourIndex:
@@ -275,7 +363,8 @@ class NeighbourIndex:
                 f"(expected {FORMAT_VERSION})"
             )
         parts: dict[str, list[Tensor]] = {}
-        for shard in manifest.get("shards", []):
+        shards = manifest.get("shards", [])
+        for shard in shards:
             file = folder / shard["file"]
             if not file.is_file():
                 raise GuidanceKitError(f"{file}: shard listed in the manifest is missing")
@@ -288,6 +377,9 @@ class NeighbourIndex:
                 parts.setdefault(name, []).append(tensor)
         if "rows" not in parts:
             raise GuidanceKitError(f"{manifest_path}: the index has no shards")
+        uneven = sorted(name for name, ts in parts.items() if len(ts) != len(shards))
+        if uneven:
+            raise GuidanceKitError(f"{folder}: tensors {uneven} are present in some shards but not in all")
         order = torch.cat(parts["rows"]).argsort()
         merged = {name: torch.cat(ts)[order] for name, ts in parts.items()}
         if len(order) != manifest.get("count"):
@@ -301,6 +393,8 @@ class NeighbourIndex:
             raise GuidanceKitError(
                 f"{folder}: backends {missing} are in the manifest but absent from the shards"
             )
+        if manifest.get("latents") and "latents" not in merged:
+            raise GuidanceKitError(f"{folder}: the manifest lists latents but the shards hold none")
         if "sscd" in keys and embedder is None and manifest.get("sscd_path"):
             from difflab_core.metrics import SSCDEmbedder
 
@@ -317,7 +411,69 @@ class NeighbourIndex:
             embedder=embedder,
             items=items,
             manifest=manifest,
+            path=folder,
+            latents=merged.get("latents"),
+            latent_info=manifest.get("latents"),
         )
+
+
+def load_vae(path: str | Path):
+    """A diffusers autoencoder from a local folder: a pipeline folder (its ``vae/``) or the VAE's own folder;
+    the class is read from ``config.json``'s ``_class_name``."""
+    import diffusers
+
+    from difflab_core.loading import load_model
+
+    folder = Path(path)
+    subfolder = "vae" if (folder / "vae" / "config.json").is_file() else None
+    config_file = folder / (subfolder or "") / "config.json"
+    if not config_file.is_file():
+        raise GuidanceKitError(f"{path}: no VAE here (neither config.json nor vae/config.json)")
+    try:
+        name = json.loads(config_file.read_text()).get("_class_name", "")
+    except json.JSONDecodeError as err:
+        raise GuidanceKitError(f"{config_file}: not readable JSON ({err})") from err
+    model_class = getattr(diffusers, name, None)
+    if model_class is None or not hasattr(model_class, "encode") or not hasattr(model_class, "decode"):
+        raise GuidanceKitError(f"{config_file}: _class_name {name!r} is not a diffusers autoencoder")
+    with core_errors(str(path)):
+        return load_model(folder, model_class, subfolder=subfolder).eval()
+
+
+@torch.no_grad()
+def encode_latents(
+    vae, raw: Tensor, batch_size: int = 64, image_size: int | None = None
+) -> tuple[Tensor, dict]:
+    """Latents of uint8 images [N, 3, H, W] in the denoiser's space: ``(mode(vae.encode(2x − 1)) −
+    shift_factor)·scaling_factor``, fp16 [N, C, h, w] (the posterior mode, so no random numbers), and their
+    description for the manifest. ``image_size``: resize to this side first (default: as given)."""
+    if not hasattr(vae, "encode") or not hasattr(vae, "config"):
+        raise GuidanceKitError(f"vae: expected a diffusers autoencoder, got {type(vae).__name__}")
+    if not len(raw):
+        return torch.empty(0, dtype=torch.float16), {}
+    anchor = next(itertools.chain(vae.parameters(), vae.buffers()), None)  # the VAE's device and dtype
+    device, dtype = (anchor.device, anchor.dtype) if anchor is not None else ("cpu", torch.float32)
+    scale = float(getattr(vae.config, "scaling_factor", None) or 1.0)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    out = []
+    for chunk in raw.split(batch_size):
+        x = chunk.float() / 255.0
+        if image_size is not None:
+            x = _resize(x, int(image_size))
+        encoded = vae.encode((x * 2 - 1).to(device, dtype), return_dict=False)[0]
+        mode = encoded.mode() if hasattr(encoded, "mode") else encoded
+        out.append(((mode.float() - shift) * scale).cpu())
+    latents = torch.cat(out).to(torch.float16)
+    side = int(image_size) if image_size is not None else None
+    info = {
+        "shape": list(latents.shape[1:]),
+        "dtype": "float16",
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "image_size": [side, side] if side else list(raw.shape[-2:]),
+        "vae": type(vae).__name__,
+    }
+    return latents, info
 
 
 def _embed(embedder, raw: Tensor, batch_size: int, device) -> Tensor:
@@ -341,7 +497,9 @@ def _items(names: list[str], raw: Tensor, labels: Tensor) -> list[dict]:
     ]
 
 
-def _write_shards(folder: Path, state, rows: Tensor, pixels, labels, keys, shard_size: int) -> None:
+def _write_shards(
+    folder: Path, state, rows: Tensor, pixels, labels, keys, shard_size: int, latents: Tensor | None = None
+) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -356,11 +514,15 @@ def _write_shards(folder: Path, state, rows: Tensor, pixels, labels, keys, shard
             "labels": labels[sl].contiguous(),
             **{f"keys/{b}": v[sl].contiguous() for b, v in keys.items()},
         }
+        if latents is not None:
+            tensors["latents"] = latents[sl].contiguous()
         meta = {"format_version": str(FORMAT_VERSION), "backends": ",".join(sorted(keys) or ["pixel"])}
         save_file(tensors, str(folder / f"shard-{number:05d}.safetensors"), metadata=meta)
 
 
-def _write_manifest(folder, backends, size, names, raw, labels, skipped, source, sscd_path) -> None:
+def _write_manifest(
+    folder, backends, size, names, raw, labels, skipped, source, sscd_path, latent_info=None
+) -> None:
     shards = sorted(folder.glob("shard-*.safetensors"))
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -371,6 +533,7 @@ def _write_manifest(folder, backends, size, names, raw, labels, skipped, source,
         "count": len(names),
         "source": str(source) if not isinstance(source, Tensor) else "tensor",
         "sscd_path": str(sscd_path) if sscd_path else None,
+        "latents": latent_info,
         "shards": [{"file": s.name, "sha256": file_sha256(s)} for s in shards],
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

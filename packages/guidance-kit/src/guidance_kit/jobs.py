@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from difflab_core.device import process_state
+
 from .errors import GuidanceKitError, core_errors
 
 __all__ = ["generate_many", "read_prompts"]
@@ -55,7 +57,6 @@ def generate_many(
     core-store row each in ``results.jsonl``); finished keys are skipped on resume. Work is split between
     Accelerate processes. ``pipe``: a pipeline or a local pipeline folder. ``amg``: ``(index, config, captions)``
     or None; ``compress``: a Compress CFG skip or None (with AMG, compress runs inside AMG's schedule)."""
-    from accelerate import PartialState
 
     from difflab_core.report import to_pil
     from difflab_core.store import ResultStore
@@ -72,7 +73,7 @@ def generate_many(
     if seeds_per_prompt < 1 or batch_size < 1:
         raise GuidanceKitError("seeds_per_prompt and batch_size must be ≥ 1")
     out = Path(out_dir)
-    state = PartialState()
+    state = process_state()
     with core_errors(str(out)):
         store = ResultStore(out, key="key", rank=state.process_index if state.num_processes > 1 else None)
     work = [(p, s) for p in range(len(prompts)) for s in range(seeds_per_prompt)]

@@ -496,9 +496,9 @@ class Auditor:
         state = None
         if world_size is None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                from accelerate import PartialState
+                from difflab_core.device import process_state
 
-                state = PartialState()
+                state = process_state()
                 rank, world_size = state.process_index, state.num_processes
             else:
                 rank, world_size = None, 1

@@ -65,9 +65,9 @@ def distributed_state() -> tuple[int | None, int, Any]:
     """(rank or None when single-process, world size, accelerate ``PartialState`` or None)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None, 1, None
-    from accelerate import PartialState
+    from difflab_core.device import process_state
 
-    state = PartialState()
+    state = process_state()
     return state.process_index, state.num_processes, state
 
 

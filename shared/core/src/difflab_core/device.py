@@ -21,6 +21,7 @@ __all__ = [
     "generator",
     "generators",
     "gpu_info",
+    "process_state",
     "resolve_device",
     "resolve_dtype",
     "seed_everything",
@@ -135,3 +136,16 @@ def gpu_info() -> list[GpuInfo]:
         props = torch.cuda.get_device_properties(i)
         infos.append(GpuInfo(i, props.name, int(props.total_memory), (props.major, props.minor), driver))
     return infos
+
+
+def process_state():
+    """Accelerate's ``PartialState`` for sharded jobs (index builds, audits, generation), CPU ranks included.
+
+    On CPU (no CUDA, or ``ACCELERATE_USE_CPU=1``) it asks for CPU mode, which joins a gloo process group; a bare
+    ``PartialState()`` leaves CPU ranks un-joined, so each would do all the work as if alone. Launch CPU ranks
+    with ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`` (``--cpu`` alone starts
+    several processes only through MPI)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())

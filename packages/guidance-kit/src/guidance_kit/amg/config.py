@@ -41,6 +41,11 @@ class AMGConfig:
     Σ_t·``noised_scale``·(λ − r)·∇_{x_t}r; after ``noised_pause_after`` consecutive armed steps without firing,
     detection pauses for ``noised_pause_steps`` steps.
     ``compress_skip``: with a value, CFG runs only on the Compress schedule's steps (and inside G_dup holds).
+    ``pixel_space``: where the pixel backend compares x̂₀ with the index: "image" (decoded by the VAE, the
+    paper) or "latent" (x̂₀'s latents against the VAE latents stored in the index: no decode at all, for
+    detection or for G_sim's gradient) [reconstruction]. ``preview_decoder``: a local diffusers
+    `AutoencoderTiny` folder that decodes x̂₀ for detection (and G_sim) instead of the pipeline's VAE; the
+    final images still come from the pipeline's VAE [reconstruction].
     """
 
     terms: frozenset[str] = field(default_factory=lambda: frozenset(TERMS))
@@ -71,9 +76,13 @@ class AMGConfig:
     noised_scale: float = 8e4
     noised_pause_after: int = 3
     noised_pause_steps: int = 10
+    pixel_space: str = "image"
+    preview_decoder: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", frozenset(self.terms))
+        if self.preview_decoder is not None:
+            object.__setattr__(self, "preview_decoder", str(self.preview_decoder))
         bad = sorted(set(self.terms) - set(TERMS))
         if bad:
             raise GuidanceKitError(f"terms: unknown {bad}; use any of {TERMS}")
@@ -93,6 +102,18 @@ class AMGConfig:
         if self.detection == "noised" and (self.terms - {"sim"} or self.backend != "pixel"):
             raise GuidanceKitError(
                 "detection='noised' (the iDDPM code path) supports terms={'sim'} with backend='pixel' only"
+            )
+        if self.pixel_space not in ("image", "latent"):
+            raise GuidanceKitError(f"pixel_space={self.pixel_space!r}: use 'image' or 'latent'")
+        if self.pixel_space == "latent" and (self.backend != "pixel" or self.detection != "x0"):
+            raise GuidanceKitError(
+                "pixel_space='latent' compares x̂₀ latents with stored VAE latents: it needs backend='pixel' "
+                f"and detection='x0' (got backend={self.backend!r}, detection={self.detection!r})"
+            )
+        if self.preview_decoder is not None and (self.pixel_space == "latent" or self.detection != "x0"):
+            raise GuidanceKitError(
+                "preview_decoder decodes x̂₀ for image-space detection: it cannot be combined with "
+                "pixel_space='latent' or detection='noised'"
             )
         if self.noised_pause_after < 1 or self.noised_pause_steps < 0 or self.noised_scale < 0:
             raise GuidanceKitError("noised_pause_after must be ≥ 1, noised_pause_steps and noised_scale ≥ 0")

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from difflab_core.tracking import DenoiserCall
 
+from ..errors import GuidanceKitError
 from ..noise import NoiseLevels, alpha_bar, mean_shift_factor, prediction_type
 from .config import AMGConfig
 from .noised import NoisedPixelDistance
@@ -66,6 +67,10 @@ class AMGStepRecord:
         return asdict(self)
 
 
+def _identity(x0: Tensor) -> Tensor:
+    return x0
+
+
 def _select(value, full: int, rows: Tensor):
     """Rows ``rows`` of every tensor with batch ``full`` (also inside dicts, lists, tuples)."""
     if isinstance(value, Tensor):
@@ -87,7 +92,8 @@ class AntiMemorizationGuidance:
         similarity: a detector ``f(images [B,3,H,W] in [0,1], neighbours) -> Detection``; default from config.
             With ``detection="noised"``: ``f(x_t [B,C,H,W], ᾱ_t) -> (r [B], nearest [B])``, default
             `NoisedPixelDistance`.
-        decoder: x̂₀ (the denoiser's space) → images [B,3,H,W] in [0,1], differentiable.
+        decoder: x̂₀ (the denoiser's space) → images [B,3,H,W] in [0,1], differentiable (none with
+            ``pixel_space="latent"``: x̂₀ itself is compared with the index's latents).
         encode_prompt: text → conditioning [1, L, D] for G_dup's extra forward (None: G_dup unavailable).
     """
 
@@ -112,6 +118,10 @@ class AntiMemorizationGuidance:
                 else make_similarity(config, index)
             )
         self.similarity = similarity
+        if config.pixel_space == "latent":
+            if decoder is not None:
+                raise GuidanceKitError("decoder: pixel_space='latent' compares x̂₀ itself, without a decoder")
+            decoder = _identity
         self.decoder = decoder or (lambda x0: ((x0 + 1) / 2).clamp(0, 1))
         self.encode_prompt = encode_prompt
         self.records: list[AMGStepRecord] = []

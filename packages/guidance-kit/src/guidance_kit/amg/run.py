@@ -21,7 +21,15 @@ from .config import AMGConfig
 from .guidance import AMGStepRecord, AntiMemorizationGuidance
 from .profiles import SIM_SCALE_GRID
 
-__all__ = ["AMGResult", "amg", "calibrate", "generate_with_amg", "pipeline_decoder"]
+__all__ = [
+    "AMGResult",
+    "amg",
+    "calibrate",
+    "generate_with_amg",
+    "load_preview_decoder",
+    "pipeline_decoder",
+    "vae_decoder",
+]
 
 
 def pipeline_decoder(pipe):
@@ -30,6 +38,12 @@ def pipeline_decoder(pipe):
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return lambda x0: ((x0 + 1) / 2).clamp(0, 1)
+    return vae_decoder(vae)
+
+
+def vae_decoder(vae):
+    """x̂₀ latents → images [B,3,H,W] in [0,1] through ``vae.decode(x̂₀/scaling_factor)``; clamped,
+    differentiable."""
     factor = float(getattr(vae.config, "scaling_factor", 1.0))
 
     def decode(x0: Tensor) -> Tensor:
@@ -37,6 +51,67 @@ def pipeline_decoder(pipe):
         return ((images + 1) / 2).clamp(0, 1)
 
     return decode
+
+
+def load_preview_decoder(path: str | Path, *, latent_channels: int | None = None, device=None):
+    """A diffusers `AutoencoderTiny` (e.g. TAESD) from a local folder, frozen, for previewing x̂₀ during AMG
+    detection. ``latent_channels``: the pipeline's, checked against the decoder's."""
+    from diffusers import AutoencoderTiny
+
+    from difflab_core.loading import load_model
+
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not folder.is_dir() or not config_file.is_file():
+        raise GuidanceKitError(
+            f"preview_decoder: {folder} is not a local AutoencoderTiny folder (config.json + weights)"
+        )
+    try:
+        name = json.loads(config_file.read_text()).get("_class_name")
+    except json.JSONDecodeError as err:
+        raise GuidanceKitError(f"preview_decoder: {config_file} is not readable JSON ({err})") from err
+    if name != "AutoencoderTiny":
+        raise GuidanceKitError(f"preview_decoder: {config_file} describes {name!r}, not an AutoencoderTiny")
+    with core_errors(f"preview_decoder {folder}"):
+        decoder = load_model(folder, AutoencoderTiny)
+    found = int(decoder.config.latent_channels)
+    if latent_channels is not None and found != int(latent_channels):
+        raise GuidanceKitError(
+            f"preview_decoder: {folder} decodes {found}-channel latents but the pipeline's latents have "
+            f"{latent_channels} channels"
+        )
+    decoder.requires_grad_(False)
+    return decoder.to(device).eval() if device is not None else decoder.eval()
+
+
+def _latent_channels(pipe_or_unet, module) -> int | None:
+    vae = getattr(pipe_or_unet, "vae", None)
+    if vae is not None and hasattr(vae.config, "latent_channels"):
+        return int(vae.config.latent_channels)
+    channels = getattr(getattr(module, "config", None), "in_channels", None)
+    return None if channels is None else int(channels)
+
+
+def _detection_decoder(pipe_or_unet, module, index, config: AMGConfig, decoder, is_pipe: bool):
+    """What x̂₀ becomes before detection: the given ``decoder``, the preview `AutoencoderTiny`, nothing
+    (``pixel_space="latent"``) or the pipeline's own decode."""
+    if config.pixel_space == "latent":
+        vae = getattr(pipe_or_unet, "vae", None) if is_pipe else None
+        stored = index.latent_info.get("scaling_factor") if index.has_latents else None
+        found = getattr(getattr(vae, "config", None), "scaling_factor", None)
+        if stored is not None and found is not None and abs(float(found) - float(stored)) > 1e-6:
+            raise GuidanceKitError(
+                f"pixel_space='latent': the index's latents were made with scaling_factor {stored} but the "
+                f"pipeline's VAE has {found}; build the index with this pipeline's VAE"
+            )
+        return None
+    if config.preview_decoder is None:
+        return decoder or pipeline_decoder(pipe_or_unet if is_pipe else None)
+    if decoder is not None:
+        raise GuidanceKitError("decoder= and config.preview_decoder exclude each other; give one")
+    device = next(module.parameters()).device
+    channels = _latent_channels(pipe_or_unet, module)
+    return vae_decoder(load_preview_decoder(config.preview_decoder, latent_channels=channels, device=device))
 
 
 def _prompt_encoder(pipe):
@@ -94,7 +169,8 @@ def amg(
     denoiser with ``scheduler=`` (and ``guidance_scale=`` when it runs CFG as [null; y], as `sample` does).
     ``captions``: `CaptionStats`, or one caption per index row (built into `CaptionStats`).
     Yields the `AntiMemorizationGuidance` (``records``, ``summary()``, ``stats``). ``log_path``: per-step
-    records as JSONL, written on exit.
+    records as JSONL, written on exit. ``decoder``: x̂₀ → images in [0, 1] for detection (default: the
+    pipeline's VAE, or ``config.preview_decoder``; none with ``config.pixel_space="latent"``).
     """
     config = config or AMGConfig()
     if isinstance(captions, (list, tuple)):
@@ -116,7 +192,7 @@ def amg(
         config,
         index,
         captions=captions,
-        decoder=decoder or pipeline_decoder(pipe_or_unet if is_pipe else None),
+        decoder=_detection_decoder(pipe_or_unet, module, index, config, decoder, is_pipe),
         encode_prompt=_prompt_encoder(pipe_or_unet) if is_pipe else None,
     )
     if is_pipe:

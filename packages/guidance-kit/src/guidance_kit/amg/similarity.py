@@ -2,6 +2,8 @@
 
 - `PixelSimilarity` (offline default): r = ℓ(x̂₀, n₀)/(α·mean of the k smallest ℓ), ℓ = RMSE on [0, 1]
   pixels (= √mean((a−b)²)/2 on [−1, 1]), denominator detached; σ = 1 − r/2, so r = 1.4 ↦ σ = 0.3.
+- `LatentPixelSimilarity` (``pixel_space="latent"``): the same r on x̂₀'s latents against the VAE latents
+  stored in the index (ℓ = RMSE over latent elements; r is a ratio, so the latent scale cancels): no decode.
 - `SSIMSimilarity`: SSIM(x̂₀, n₀) with n₀ re-ranked by SSIM among the 32 pixel-nearest.
 - `EmbeddingSimilarity`: cosine of L2-normalised embeddings (SSCD or any `ImageSimilarity`).
 
@@ -20,7 +22,14 @@ from difflab_core.metrics import ssim
 from ..errors import GuidanceKitError
 from ..index import NeighbourIndex
 
-__all__ = ["Detection", "EmbeddingSimilarity", "PixelSimilarity", "SSIMSimilarity", "make_similarity"]
+__all__ = [
+    "Detection",
+    "EmbeddingSimilarity",
+    "LatentPixelSimilarity",
+    "PixelSimilarity",
+    "SSIMSimilarity",
+    "make_similarity",
+]
 
 
 @dataclass
@@ -46,6 +55,26 @@ class PixelSimilarity:
         denom = self.alpha * dist[:, : self.k].mean(dim=1).to(images.device)
         query = self.index.to_query(images).flatten(1)
         ref = self.index.flat_pixels()[rows[:, 0]].to(images.device)
+        ell = ((query - ref) ** 2).mean(dim=1).add(1e-12).sqrt()
+        r = ell / denom.clamp_min(1e-12)
+        return Detection(1 - r / 2, rows[:, 0], rows if neighbours else None)
+
+
+class LatentPixelSimilarity:
+    """σ = 1 − r/2 with r computed on latents: x̂₀ [B, C, h, w] (the denoiser's space) against the index's stored
+    VAE latents (α = 0.5, k = 50). Takes latents, not images: use it with an identity decoder."""
+
+    def __init__(self, index: NeighbourIndex, *, alpha: float = 0.5, k: int = 50) -> None:
+        index.flat_latents()  # raises GuidanceKitError when the index has no latents
+        self.index = index
+        self.alpha = alpha
+        self.k = k
+
+    def __call__(self, latents: Tensor, neighbours: int = 0) -> Detection:
+        dist, rows = self.index.search_latents(latents.detach(), max(self.k, neighbours))
+        denom = self.alpha * dist[:, : self.k].mean(dim=1).to(latents.device)
+        query = self.index.check_latent_query(latents)
+        ref = self.index.flat_latents()[rows[:, 0]].to(latents.device)
         ell = ((query - ref) ** 2).mean(dim=1).add(1e-12).sqrt()
         r = ell / denom.clamp_min(1e-12)
         return Detection(1 - r / 2, rows[:, 0], rows if neighbours else None)
@@ -99,6 +128,8 @@ class EmbeddingSimilarity:
 
 def make_similarity(config, index: NeighbourIndex):
     """The detector for ``config.backend`` over ``index``."""
+    if config.backend == "pixel" and config.pixel_space == "latent":
+        return LatentPixelSimilarity(index, alpha=config.pixel_alpha, k=config.pixel_k)
     if config.backend == "pixel":
         return PixelSimilarity(index, alpha=config.pixel_alpha, k=config.pixel_k)
     if config.backend == "ssim":
