@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Folder for the resumable query stores.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: figures reproducible across machines)")
     parser.add_argument(
         "--simulator",
         choices=("pronounced", "spec"),
@@ -76,7 +77,7 @@ def main() -> None:
         help="Simulator effects: SimConfig.pronounced() (default) or the spec's SimConfig() defaults.",
     )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     n_train, n_test, epochs, hidden, n_exhaustive = (
         (300, 40, 20, 32, 1) if args.quick else (2000, 300, 60, 128, 10**9)
@@ -94,6 +95,12 @@ def main() -> None:
     sim_config = SimConfig.pronounced() if args.simulator == "pronounced" else SimConfig()
     sim = SimulatedVLM(clf, data.classes, sim_config, model=MODEL)
 
+    stages: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        stages[name] = round(time.perf_counter() - t0 - sum(stages.values()), 2)
+
+    lap("setup")
     predictors, train_info = {}, {}
     for n in (2, 3):
         samples = collect_training_data(
@@ -110,6 +117,7 @@ def main() -> None:
         cfg = PredictorConfig(hidden=hidden, epochs=epochs, seed=args.seed)
         predictors[(n, n)] = train_predictor(samples, (n, n), cfg, out / f"predictor{n}x{n}")
         train_info[n] = len(samples)
+        lap(f"collect_and_train_{n}x{n}")
 
     def search(spec: GridSpec, i: int) -> str:
         return "exhaustive" if spec.k <= 4 or i < n_exhaustive else "swap"
@@ -128,6 +136,7 @@ def main() -> None:
         search=search,
     )
     r = report.results
+    lap("evaluate")
     std = r[("1x1", "standard")]
 
     # exhaustive timing and GA quality on the exhaustively searched 3x3 sets
@@ -139,6 +148,7 @@ def main() -> None:
         ex_seconds.append(info["seconds"])
         ga_ratio.append(GeneticSearch().search(scorer, spec3, seed=args.seed + i).score / info["score"])
 
+    lap("ga_vs_exhaustive")
     # predictor quality against the simulator's exact expected accuracy (32 random arrangements per test set),
     # and, free of answer-sampling noise, the expected accuracy of the swap-searched learned arrangement and of
     # the oracle (swap search on the exact expectation) relative to the mean over the random arrangements; the
@@ -168,6 +178,8 @@ def main() -> None:
         exp_oracle.append(swap.search(exact, spec3, seed=args.seed + i).score)
         spec_random.append(exact_spec(perms).mean())
         spec_oracle.append(swap.search(exact_spec, spec3, seed=args.seed + i).score)
+
+    lap("expected_accuracy")
 
     def usd_1k(res) -> float:
         return res.usd_per_image * 1000
@@ -224,6 +236,7 @@ def main() -> None:
         "parse_success_rate": float(parse_ok),
         "predictor_hidden": hidden,
         "wall_seconds": time.perf_counter() - t0,
+        "stage_seconds": stages,
     }
     result["targets_met"] = {
         "cost_ratio_2x2_over_standard<=0.40": result["cost_ratio_2x2_over_standard"] <= 0.40,
