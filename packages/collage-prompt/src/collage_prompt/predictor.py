@@ -128,11 +128,20 @@ class CollageGCN(nn.Module):
         may also be unbatched (one image set)."""
         b = perms.shape[0]
         p = perms.long()
+        if cos.dim() == 2:
+            image_proj = image_proj.unsqueeze(0).expand(b, -1, -1)
+        sims, pair_terms = self._arrangement_terms(cos, pair, p)
+        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1).unsqueeze(0).expand(b, -1, -1)
+        cells = torch.gather(image_proj, 1, p.unsqueeze(-1).expand(-1, -1, image_proj.shape[-1]))
+        return torch.cat([cells, pos, sims, pair_terms], -1), self._additive_z(sims)
+
+    def _arrangement_terms(self, cos: Tensor, pair: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-arrangement node terms: similarity statistics (B, K, 2 + len(SIM_KNOTS)) and the mean and max
+        of the neighbours' pair features (B, K, 2E), from (B or no batch) cosines and pair features."""
+        b = p.shape[0]
         pairs = (p[:, :, None].expand(-1, -1, self.nbr_idx.shape[1]), p[:, self.nbr_idx])
         if cos.dim() == 3:
             pairs = (torch.arange(b, device=p.device)[:, None, None], *pairs)
-        else:
-            image_proj = image_proj.unsqueeze(0).expand(b, -1, -1)
         valid = self.nbr_valid.unsqueeze(0)
         n_valid = valid.sum(-1, keepdim=True)
         s = cos[pairs]
@@ -143,12 +152,12 @@ class CollageGCN(nn.Module):
         e = pair[pairs]
         e_mean = (e * valid.unsqueeze(-1)).sum(-2) / n_valid
         e_max = e.masked_fill(~valid.unsqueeze(-1), -1e4).amax(-2)
-        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1).unsqueeze(0).expand(b, -1, -1)
-        cells = torch.gather(image_proj, 1, p.unsqueeze(-1).expand(-1, -1, image_proj.shape[-1]))
-        sims = torch.cat([s_max, s_mean, s_hinge], -1)
+        return torch.cat([s_max, s_mean, s_hinge], -1), torch.cat([e_mean, e_max], -1)
+
+    def _additive_z(self, sims: Tensor) -> Tensor:
+        b = sims.shape[0]
         one_hot = torch.eye(self.k, device=sims.device, dtype=sims.dtype)
-        z = torch.cat([one_hot.expand(b, -1, -1), self.cell_static.expand(b, -1, -1), sims], -1)
-        return torch.cat([cells, pos, sims, e_mean, e_max], -1), z
+        return torch.cat([one_hot.expand(b, -1, -1), self.cell_static.expand(b, -1, -1), sims], -1)
 
     def _layers(self, x: Tensor, z: Tensor) -> Tensor:
         h = self.dropout(torch.relu(self.self1(x) + self.a_hat @ self.nbr1(x)))
@@ -176,10 +185,26 @@ class CollageGCN(nn.Module):
 
     @torch.no_grad()
     def score_set(self, feats: Tensor, perms: Tensor) -> Tensor:
-        """``forward`` for many arrangements (N, K) of one image set (K, D), in eval mode; per-image
-        projections and pair terms are computed once and only gathered per arrangement."""
+        """``forward`` for many arrangements (N, K) of one image set (K, D), in eval mode: per-image and per-cell
+        parts of the first layer are computed once and only gathered per arrangement (spec §2.6)."""
         cos, pair = self._pair_terms(feats)
-        return torch.sigmoid(self._layers(*self._node_inputs(self.proj(feats), cos, pair, perms))).mean(-1)
+        proj = self.proj(feats)
+        p = perms.long()
+        sims, pair_terms = self._arrangement_terms(cos, pair, p)
+        dynamic = torch.cat([sims, pair_terms], -1)
+        pos = torch.cat([self.cell_embedding.weight, self.cell_static], 1)
+
+        def first_layer(linear: nn.Linear) -> Tensor:
+            # W·[image | cell | dynamic] = W_image·image + W_cell·cell + W_dynamic·dynamic: the first two once
+            w_image, w_cell, w_dynamic = linear.weight.split(
+                [proj.shape[-1], pos.shape[-1], dynamic.shape[-1]], 1
+            )
+            per_cell = pos @ w_cell.T + (linear.bias if linear.bias is not None else 0.0)
+            return (proj @ w_image.T)[p] + per_cell + dynamic @ w_dynamic.T
+
+        h = torch.relu(first_layer(self.self1) + self.a_hat @ first_layer(self.nbr1))
+        h = torch.relu(self.self2(h) + self.a_hat @ self.nbr2(h))
+        return torch.sigmoid((self.head(h) + self.additive(self._additive_z(sims))).squeeze(-1)).mean(-1)
 
 
 class OfficialLikeGCN(nn.Module):
