@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from collage_prompt.client import OpenAIChatClient  # noqa: E402
 from collage_prompt.collect import collect_training_data, sample_image_sets  # noqa: E402
 from collage_prompt.cost import estimate  # noqa: E402
 from collage_prompt.data import offline_dataset  # noqa: E402
@@ -55,6 +56,7 @@ from collage_prompt.simulate import (  # noqa: E402
     SimulatedVLM,
     expected_collage_accuracy,
 )
+from difflab_core.store import ResultStore  # noqa: E402
 
 CELL = 64
 MODEL = "gpt-4o"
@@ -69,19 +71,39 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Folder for the resumable query stores.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: figures reproducible across machines)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: figures reproducible across machines)"
+    )
     parser.add_argument(
         "--simulator",
         choices=("pronounced", "spec"),
         default="pronounced",
         help="Simulator effects: SimConfig.pronounced() (default) or the spec's SimConfig() defaults.",
     )
+    live = parser.add_argument_group("live (a real OpenAI-compatible endpoint instead of the simulator)")
+    live.add_argument("--live", action="store_true", help="query the endpoint (costs money); needs --out")
+    live.add_argument("--model", default=MODEL, help="the endpoint's model (prices from the price table)")
+    live.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: OpenAI)")
+    live.add_argument("--max-cost-usd", type=float, default=None, help="cap on the run's total spend")
+    live.add_argument("--yes", action="store_true", help="go ahead after the printed estimate")
+    sizes = parser.add_argument_group("sizes (defaults: the quick or full settings)")
+    sizes.add_argument("--n-train", type=int, default=None, help="training sets per grid")
+    sizes.add_argument("--n-test", type=int, default=None, help="test sets per grid")
+    sizes.add_argument(
+        "--exhaustive-sets", type=int, default=None, help="3x3 test sets searched exhaustively"
+    )
     args = parser.parse_args()
+    if args.live and (args.max_cost_usd is None or args.out is None):
+        parser.error("--live needs --max-cost-usd and --out (the run resumes from --out)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     n_train, n_test, epochs, hidden, n_exhaustive = (
         (300, 40, 20, 32, 1) if args.quick else (2000, 300, 60, 128, 10**9)
     )
+    n_train = args.n_train if args.n_train is not None else n_train
+    n_test = args.n_test if args.n_test is not None else n_test
+    n_exhaustive = args.exhaustive_sets if args.exhaustive_sets is not None else n_exhaustive
+    model = args.model if args.live else MODEL
     out = args.out or Path(tempfile.mkdtemp(prefix="collage-bench-"))
     t0 = time.perf_counter()
 
@@ -94,6 +116,30 @@ def main() -> None:
     probs, feats = clf.predict(data.images)
     sim_config = SimConfig.pronounced() if args.simulator == "pronounced" else SimConfig()
     sim = SimulatedVLM(clf, data.classes, sim_config, model=MODEL)
+    client = sim
+    if args.live:
+        client = OpenAIChatClient(args.model, base_url=args.base_url)
+        per_image = {n: estimate(_spec(n), data.classes, args.model, "high").usd_per_image for n in (1, 2, 3)}
+        collages = n_train * 4 + 3 * n_test  # per grid: training arrangements, then three methods
+        guess = collages * (4 * per_image[2] + 9 * per_image[3]) + 13 * n_test * per_image[1]
+        print(
+            f"live run on {args.model} at {client.host}: {2 * collages} collage requests and up to "
+            f"{13 * n_test} single-image ones, estimated ${guess:.2f} (capped at ${args.max_cost_usd:.2f})",
+            file=sys.stderr,
+        )
+        if not args.yes:
+            raise SystemExit("add --yes to start the live run")
+
+    def budget_left() -> float | None:
+        """The cap minus what the stores under ``out`` have recorded so far (earlier runs included)."""
+        if not args.live:
+            return None
+        spent = sum(
+            r.get("cost_usd", 0.0)
+            for folder in {p.parent for p in out.rglob("results*.jsonl")}
+            for r in ResultStore(folder, name="results").records()
+        )
+        return max(0.0, args.max_cost_usd - spent)
 
     stages: dict[str, float] = {}
 
@@ -108,12 +154,15 @@ def main() -> None:
             _spec(n),
             n_train,
             4,
-            client=sim,
+            client=client,
             store=out / f"train{n}x{n}",
             features=feats,
             pool=train_pool,
             seed=args.seed,
+            max_cost_usd=budget_left(),
         )
+        if not samples:
+            raise SystemExit(f"no {n}x{n} collage was answered (budget or endpoint): nothing to train on")
         cfg = PredictorConfig(hidden=hidden, epochs=epochs, seed=args.seed)
         predictors[(n, n)] = train_predictor(samples, (n, n), cfg, out / f"predictor{n}x{n}")
         train_info[n] = len(samples)
@@ -125,7 +174,7 @@ def main() -> None:
     report = evaluate_protocol(
         data,
         [_spec(2), _spec(3)],
-        sim,
+        client,
         ("random", "learned", "similarity_group"),
         out / "eval",
         features=feats,
@@ -134,6 +183,7 @@ def main() -> None:
         pool=test_pool,
         seed=args.seed,
         search=search,
+        max_cost_usd=budget_left(),
     )
     r = report.results
     lap("evaluate")
@@ -157,9 +207,12 @@ def main() -> None:
     maes, rhos, exp_random, exp_learned, exp_oracle = [], [], [], [], []
     spec_random, spec_oracle = [], []
     swap = SwapSearch(restarts=1)
-    for i, idx in enumerate(
-        sample_image_sets(data.labels, 9, min(n_test, 40), 0.3, args.seed + 99, test_pool)
-    ):
+    check_sets = (
+        []
+        if args.live
+        else sample_image_sets(data.labels, 9, min(n_test, 40), 0.3, args.seed + 99, test_pool)
+    )
+    for i, idx in enumerate(check_sets):
 
         def exact(perms: np.ndarray, idx=idx, cfg=sim.config) -> np.ndarray:
             return expected_collage_accuracy(probs[idx], feats[idx], data.labels[idx], perms, 3, 3, cfg)
@@ -181,6 +234,10 @@ def main() -> None:
 
     lap("expected_accuracy")
 
+    def ratio(a: list, b: list) -> float | None:
+        """mean(a) / mean(b); None in a live run (the simulator's expectation is not known there)."""
+        return float(np.mean(a) / np.mean(b)) if a else None
+
     def usd_1k(res) -> float:
         return res.usd_per_image * 1000
 
@@ -193,7 +250,7 @@ def main() -> None:
     parse_ok = np.mean([res.parse_success_rate for res in r.values()])
     result = {
         "dataset": "digits",
-        "model_for_cost": MODEL,
+        "model_for_cost": model,
         "detail": "high",
         "quick": args.quick,
         "seed": args.seed,
@@ -216,12 +273,13 @@ def main() -> None:
         "cost_ratio_3x3_over_standard": c3.usd_per_image / std.usd_per_image,
         "cost_ratio_3x3_over_standard_imagenet1k_est": est_3x3.usd_per_image / est_std.usd_per_image,
         "acc_ratio_3x3_learned_over_random": r[("3x3", "learned")].acc / c3.acc,
-        "acc_ratio_3x3_learned_over_random_expected": float(np.mean(exp_learned) / np.mean(exp_random)),
-        "acc_ratio_3x3_oracle_over_random_expected": float(np.mean(exp_oracle) / np.mean(exp_random)),
-        "acc_ratio_3x3_oracle_over_random_expected_spec_defaults": float(
-            np.mean(spec_oracle) / np.mean(spec_random)
-        ),
-        "simulator": {"preset": args.simulator, **asdict(sim.config)},
+        "acc_ratio_3x3_learned_over_random_expected": ratio(exp_learned, exp_random),
+        "acc_ratio_3x3_oracle_over_random_expected": ratio(exp_oracle, exp_random),
+        "acc_ratio_3x3_oracle_over_random_expected_spec_defaults": ratio(spec_oracle, spec_random),
+        "simulator": None if args.live else {"preset": args.simulator, **asdict(sim.config)},
+        "live": {"model": args.model, "host": client.host, "max_cost_usd": args.max_cost_usd}
+        if args.live
+        else None,
         "arrangement_gain_2x2": gain2[0],
         "arrangement_gain_3x3": gain3[0],
         "arrangement_gain_3x3_ci95": list(gain3[1]),
@@ -229,8 +287,8 @@ def main() -> None:
         "ces_rel_3x3": ces_rel(c3.acc, std.acc, c3.usd_per_image, std.usd_per_image),
         "cer_2x2": cer(c2.acc, std.acc, c2.usd_per_image, std.usd_per_image),
         "pce_2x2": pce(c2.acc, c2.usd_per_image, std.usd_per_image),
-        "predictor_mae_3x3": float(np.mean(maes)),
-        "predictor_spearman_within_set_3x3": float(np.nanmean(rhos)),
+        "predictor_mae_3x3": float(np.mean(maes)) if maes else None,
+        "predictor_spearman_within_set_3x3": float(np.nanmean(rhos)) if rhos else None,
         "exhaustive_3x3_seconds_per_set": float(np.mean(ex_seconds)) if ex_seconds else None,
         "ga_3x3_score_ratio_to_exhaustive": float(np.min(ga_ratio)) if ga_ratio else None,
         "parse_success_rate": float(parse_ok),
@@ -248,7 +306,7 @@ def main() -> None:
         "acc_ratio_3x3_learned_over_random>=1.02": result["acc_ratio_3x3_learned_over_random"] >= 1.02,
         "ces_rel_2x2>=2.0": result["ces_rel_2x2"] >= 2.0,
         "ces_rel_3x3>=2.0": result["ces_rel_3x3"] >= 2.0,
-        "predictor_spearman_within_set_3x3>=0.30": result["predictor_spearman_within_set_3x3"] >= 0.30,
+        "predictor_spearman_within_set_3x3>=0.30": (result["predictor_spearman_within_set_3x3"] or 0) >= 0.30,
         "ga_3x3_score_ratio_to_exhaustive>=0.99": (result["ga_3x3_score_ratio_to_exhaustive"] or 0) >= 0.99,
         "parse_success_rate>=0.99": result["parse_success_rate"] >= 0.99,
     }

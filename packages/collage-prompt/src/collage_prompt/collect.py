@@ -80,9 +80,11 @@ def collect_training_data(
     seed: int = 0,
     pool=None,
     workers: int = 1,
+    max_cost_usd: float | None = None,
 ) -> list[CollageSample]:
     """Query ``arrangements_per_set`` distinct random arrangements of ``n_sets`` image sets (resumable in
-    ``store``) and return one :class:`CollageSample` per answered collage; ``features`` is (N_images, D)."""
+    ``store``) and return one :class:`CollageSample` per answered collage; ``features`` is (N_images, D).
+    ``max_cost_usd`` caps this call's new spending (see :func:`run_batch`)."""
     rng = np.random.default_rng(seed + 1)
     sets = sample_image_sets(dataset.labels, spec.k, n_sets, same_class_rate, seed, pool)
     requests, info = [], []
@@ -93,7 +95,7 @@ def collect_training_data(
         for perm in sorted(perms):
             requests.append(collage_request(dataset, idx, perm, spec, template, detail))
             info.append((s, idx, np.array(perm)))
-    summary = run_batch(requests, client, store, workers=workers)
+    summary = run_batch(requests, client, store, workers=workers, max_cost_usd=max_cost_usd)
     samples = []
     for req, (s, idx, perm) in zip(requests, info, strict=False):
         rec = summary.records.get(req.key)

@@ -142,13 +142,24 @@ def evaluate_protocol(
     search: Callable[[GridSpec, int], str] | str = "auto",
     standard: bool = True,
     same_class_rate: float = 0.3,
+    max_cost_usd: float | None = None,
 ) -> Report:
     """Label ``n_sets`` image sets per grid with every method (and each image alone when ``standard``).
 
     Test sets are drawn from ``pool`` (image indices disjoint from training). Requests go through
-    :func:`run_batch` with a resumable store per grid under ``store``.
+    :func:`run_batch` with a resumable store per grid under ``store``; ``max_cost_usd`` caps the new spending
+    of the whole evaluation (methods and sets left unanswered when it runs out count as wrong).
     """
     store = Path(store)
+    spent = 0.0
+
+    def batch(requests, folder: Path):
+        nonlocal spent
+        left = None if max_cost_usd is None else max(0.0, max_cost_usd - spent)
+        summary = run_batch(requests, client, folder, workers=1, max_cost_usd=left)
+        spent += summary.cost_usd
+        return summary
+
     predictors = predictors or {}
     results: dict[tuple[str, str], MethodResult] = {}
     all_sets: dict[str, list[list[int]]] = {}
@@ -170,7 +181,7 @@ def evaluate_protocol(
                 )
                 requests.append(collage_request(dataset, idx, perm, spec, template, detail))
                 infos.append(info)
-            summary = run_batch(requests, client, store / grid, workers=1)
+            summary = batch(requests, store / grid)
             results[(grid, method)] = _score(dataset, requests, summary, grid, method, infos)
     if standard:
         images = sorted({i for sets in all_sets.values() for s in sets for i in s})
@@ -180,6 +191,6 @@ def evaluate_protocol(
             requests.append(
                 collage_request(dataset, [i], [0], GridSpec(1, 1, cell=side, gap=0), template, detail)
             )
-        summary = run_batch(requests, client, store / "1x1", workers=1)
+        summary = batch(requests, store / "1x1")
         results[("1x1", "standard")] = _score(dataset, requests, summary, "1x1", "standard", [])
     return Report(results, all_sets)
