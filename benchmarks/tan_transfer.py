@@ -1,13 +1,13 @@
-"""Benchmark tan-transfer (DPMs-ANT) on few-shot digits transfer; prints one JSON object.
+"""Benchmark tan-transfer (DPMs-ANT) on few-shot digits (and photo-patch) transfer; prints one JSON object.
 
-    python benchmarks/tan_transfer.py [--quick] [--device auto] [--seeds 1] [--iterations N] [--batch-size B]
-        [--ascent-steps J] [--samples N] [--steps S] [--lr LR] [--gamma G] [--classifier-steps N] [--out DIR]
-        [--checkpoint-every N]
+    python benchmarks/tan_transfer.py [--quick] [--task digits|photo|both] [--device auto] [--seeds 1]
+        [--iterations N] [--batch-size B] [--ascent-steps J] [--samples N] [--steps S] [--lr LR] [--gamma G]
+        [--classifier-steps N] [--source-steps N] [--patch-cnn-steps N] [--out DIR] [--checkpoint-every N]
 
-With ``--out DIR`` a run can be stopped and continued: each finished (variant, seed) is stored under
-``DIR/results`` with its settings and read back by a rerun, and training resumes from its last checkpoint (every
-25 iterations in full mode), so the spec's full mode (about 10 CPU-hours here) can be run in pieces or on a GPU
-with ``--device cuda``.
+With ``--out DIR`` a run can be stopped and continued: each finished (task, variant, seed) is stored under
+``DIR/results`` (digits) or ``DIR/photo/results`` with its settings and read back by a rerun, and training
+resumes from its last checkpoint (every 25 iterations in full mode), so the spec's full mode (about 10 CPU-hours
+here for digits alone) can be run in pieces or on a GPU with ``--device cuda``.
 
 Task (spec §6): the shipped DDPM on digits 0–4 (`difflab_core.testbed.digits_ddpm((0, 1, 2, 3, 4))`, 16×16×1,
 pretrained by core's recipe, no training here) is transferred to 10 shots of digit 9 (`tan_transfer.digits_task`).
@@ -16,6 +16,16 @@ Variants, all with the same seed, shots, iterations and sampler (DDIM, η = 1):
 ``tan_adapter`` (adapters + similarity guidance + adversarial noise); full mode adds ``adapter_sg``,
 ``adapter_an`` and ``tan_lora``. The domain classifier (UNet-encoder, trained once on the real source digits and
 the shots) is shared by the variants that use guidance.
+
+Photo-patch task (``--task photo``, in ``both`` by default in full mode; spec §6 "the full mode also runs the
+photo-patch task"): source = 16-px greyscale patches of 7 scikit-image photos (`tan_transfer.photo_patch_task`),
+target = 10 shots of ``grass`` patches. Its source DDPM (core's digits-DDPM architecture and recipe) is pretrained
+here by `tan_transfer.pretrain_source` (4,000 steps in full mode, ``--source-steps``; cached in
+``DIR/photo_source``), and its proxy network, a patch CNN telling the 8 photos apart (`tan_transfer.patch_cnn`,
+``--patch-cnn-steps``; cached in ``DIR/photo_patch_cnn``), is trained once; then the same variants, seeds and
+settings as digits run. Its ``proxy_fid`` is the Fréchet distance in the patch CNN's features to all 225 grass
+patches, ``target_class_rate`` the share the patch CNN calls grass. The JSON keeps the digits keys at the top level
+and adds ``"photo": {variants, ratios, targets_met, settings}``.
 
 Metrics (offline proxies, not comparable to the paper's FID): ``proxy_fid`` = Fréchet distance in the shipped digits
 classifier's features between the samples and all 180 real 9s; ``target_class_rate`` = share classified as 9;
@@ -88,17 +98,34 @@ def church_fractions() -> dict[str, float]:
     return out
 
 
-def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dict:
-    """One seed: the domain classifier, ``source_only`` and each variant. Each finished variant's figures are
-    written to ``workdir/results/<name>-s<seed>.json`` and read back on a rerun with the same ``--out`` (the
-    settings must match: they are stored with the figures), and training checkpoints every
-    ``--checkpoint-every`` iterations, so a long full run can be stopped and continued."""
+def run_seed(args, seed: int, variants: dict, device: str, workdir: Path, photo: dict | None = None) -> dict:
+    """One seed of one task: the domain classifier, ``source_only`` and each variant. Each finished variant's
+    figures are written to ``<root>/results/<name>-s<seed>.json`` (root = ``workdir`` for digits,
+    ``workdir/photo`` for photo patches) and read back on a rerun with the same ``--out`` (the settings must
+    match: they are stored with the figures), and training checkpoints every ``--checkpoint-every`` iterations,
+    so a long full run can be stopped and continued. ``photo`` (``{"bundle", "patch_features"}``, from
+    `photo_setup`) selects the photo-patch task; without it the task is digits."""
     from difflab_core.testbed import digits_ddpm
-    from tan_transfer import DPMBundle, TANConfig, digits_task, proxy_metrics, sample, train_domain_classifier
+    from tan_transfer import (
+        DPMBundle,
+        TANConfig,
+        digits_task,
+        photo_patch_task,
+        proxy_metrics,
+        sample,
+        train_domain_classifier,
+    )
 
-    d = digits_ddpm((0, 1, 2, 3, 4), device=device)
-    bundle = DPMBundle.from_unet(d.unet, d.scheduler)
-    task = digits_task(shots=args.shots, seed=seed)
+    photo_only = ("source_steps", "patch_cnn_steps")
+    if photo is None:
+        d = digits_ddpm((0, 1, 2, 3, 4), device=device)
+        bundle = DPMBundle.from_unet(d.unet, d.scheduler)
+        task = digits_task(shots=args.shots, seed=seed)
+        proxy_kwargs, root, skip = {"target_class": task.target_class}, workdir, ("task", *photo_only)
+    else:
+        bundle = photo["bundle"]
+        task = photo_patch_task(shots=args.shots, seed=seed)
+        proxy_kwargs, root, skip = {"patch_features": photo["patch_features"]}, workdir / "photo", ("task",)
     base = dict(
         iterations=args.iterations,
         batch_size=args.batch_size,
@@ -112,9 +139,10 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
         guidance_reference_dim=args.guidance_reference_dim,
         monitor_every=0,
     )
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "variants", "threads", "seeds")}
+    ignored = ("out", "variants", "threads", "seeds", *skip)
+    settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings, default=str))
-    results = workdir / "results"
+    results = root / "results"
     results.mkdir(parents=True, exist_ok=True)
 
     def cached(name: str, compute) -> dict:
@@ -147,7 +175,7 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
         images = sample(
             model, bundle, args.samples, steps=args.steps, eta=1.0, seed=seed, batch_size=args.samples
         )
-        return proxy_metrics(images, task.shots, target_class=task.target_class)
+        return proxy_metrics(images, task.shots, **proxy_kwargs)
 
     out["source_only"] = cached(
         "source_only", lambda: measure(None) | {"trainable_fraction": 0.0, "sec_per_iter": 0.0}
@@ -157,7 +185,7 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
     def run(name: str, switches: dict) -> dict:
         cfg = TANConfig(**(base | switches))
         res = train_tan(
-            bundle, task.shots, cfg, classifier=domain_classifier(), output_dir=workdir / f"{name}-s{seed}"
+            bundle, task.shots, cfg, classifier=domain_classifier(), output_dir=root / f"{name}-s{seed}"
         )
         return measure(res.model) | {
             "trainable_fraction": res.trainable_fraction,
@@ -167,6 +195,19 @@ def run_seed(args, seed: int, variants: dict, device: str, workdir: Path) -> dic
     for name, switches in variants.items():
         out[name] = cached(name, lambda name=name, switches=switches: run(name, switches))
     return out
+
+
+def photo_setup(args, device: str, workdir: Path) -> dict:
+    """The photo task's pretrained source DDPM (``workdir/photo_source``) and patch CNN
+    (``workdir/photo_patch_cnn``), each trained once and then loaded from its cache."""
+    from tan_transfer import PatchCNNConfig, patch_cnn, photo_patch_task, pretrain_source
+
+    source = photo_patch_task(shots=args.shots).source
+    bundle = pretrain_source(source, out_dir=workdir / "photo_source", steps=args.source_steps, device=device)
+    features = patch_cnn(
+        workdir / "photo_patch_cnn", PatchCNNConfig(steps=args.patch_cnn_steps), device=device
+    )
+    return {"bundle": bundle, "patch_features": features}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -195,9 +236,35 @@ def _ratios(v: dict) -> dict[str, float]:
     }
 
 
+def _summary(per_seed: list[dict], variants: dict) -> tuple[dict, dict, dict]:
+    """Mean and std over seeds of every variant's figures, and the headline ratios (all trained variants run)."""
+    names = ["source_only", *variants]
+    keys = ("proxy_fid", "intra_dist", "target_class_rate", "copy_rate", "trainable_fraction", "sec_per_iter")
+    table, spread = {}, {}
+    for name in names:
+        table[name], spread[name] = {}, {}
+        for key in keys:
+            mean, std = _mean_std([s[name][key] for s in per_seed])
+            table[name][key] = round(mean, 5)
+            spread[name][key] = round(std, 5)
+    ratios = _ratios(table) if set(VARIANTS) <= set(variants) else {}  # a --variants subset: table only
+    return table, spread, ratios
+
+
+def _targets_met(ratios: dict[str, float]) -> dict[str, bool]:
+    met = {}
+    for name, (op, bound) in TARGETS.items():
+        if name in ratios:
+            met[name] = bool(ratios[name] <= bound if op == "<=" else ratios[name] >= bound)
+    return met
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--task", choices=("digits", "photo", "both"), default=None, help="default: digits quick, both full"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None)
@@ -207,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--classifier-steps", type=int, default=None)
+    p.add_argument("--source-steps", type=int, default=None, help="photo source DDPM pretraining steps")
+    p.add_argument("--patch-cnn-steps", type=int, default=None, help="photo patch-CNN training steps")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--gamma", type=float, default=5.0)
     p.add_argument(
@@ -237,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": 10,
         "classifier_steps": 30,
         "checkpoint_every": 0,
+        "task": "digits",
+        "source_steps": 300,
+        "patch_cnn_steps": 200,
     }
     full = {
         "seeds": 3,
@@ -247,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": 100,
         "classifier_steps": 300,
         "checkpoint_every": 25,
+        "task": "both",
+        "source_steps": 4000,
+        "patch_cnn_steps": 1500,
     }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
@@ -260,57 +335,76 @@ def main(argv: list[str] | None = None) -> dict:
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
     start = time.perf_counter()
+    run_digits, run_photo = args.task in ("digits", "both"), args.task in ("photo", "both")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or Path(tmp)
-        per_seed = [run_seed(args, seed, variants, device, workdir) for seed in range(args.seeds)]
-    names = ["source_only", *variants]
-    keys = ("proxy_fid", "intra_dist", "target_class_rate", "copy_rate", "trainable_fraction", "sec_per_iter")
-    table, spread = {}, {}
-    for name in names:
-        table[name], spread[name] = {}, {}
-        for key in keys:
-            mean, std = _mean_std([s[name][key] for s in per_seed])
-            table[name][key] = round(mean, 5)
-            spread[name][key] = round(std, 5)
-    v = table
-    fractions = church_fractions()
-    ratios = _ratios(v) if set(VARIANTS) <= set(variants) else {}  # a --variants subset: table only
-    ratios |= {
-        "trainable_fraction_ant_church_config": fractions["ant"],
-        "trainable_fraction_lora_r4_church_config": fractions["lora"],
+        per_seed = (
+            [run_seed(args, seed, variants, device, workdir) for seed in range(args.seeds)]
+            if run_digits
+            else []
+        )
+        photo = photo_setup(args, device, workdir) if run_photo else None
+        photo_seeds = (
+            [run_seed(args, s, variants, device, workdir, photo) for s in range(args.seeds)] if photo else []
+        )
+    settings = {
+        "batch_size": args.batch_size,
+        "ascent_steps": args.ascent_steps,
+        "samples": args.samples,
+        "sampler": f"DDIM eta=1, {args.steps} steps",
+        "lr": args.lr,
+        "gamma": args.gamma,
+        "guidance_reference_dim": args.guidance_reference_dim,
+        "classifier_steps": args.classifier_steps,
+        "seeds": args.seeds,
     }
-    ratios = {k: round(x, 4) for k, x in ratios.items()}
-    met = {}
-    for name, (op, bound) in TARGETS.items():
-        if name in ratios:
-            met[name] = bool(ratios[name] <= bound if op == "<=" else ratios[name] >= bound)
     result = {
-        "task": "digits01234->9",
+        "task": "digits01234->9" if run_digits else "photo-patches->grass",
         "device": device,
         "quick": bool(args.quick),
         "seed": list(range(args.seeds)) if args.seeds > 1 else 0,
         "shots": args.shots,
         "iterations": args.iterations,
-        "source_pretrain_steps": digits_ddpm((0, 1, 2, 3, 4)).card.get("steps"),
-        "variants": table,
-        "ratios": ratios,
-        "targets_met": met,
-        "settings": {
-            "batch_size": args.batch_size,
-            "ascent_steps": args.ascent_steps,
-            "samples": args.samples,
-            "sampler": f"DDIM eta=1, {args.steps} steps",
-            "lr": args.lr,
-            "gamma": args.gamma,
-            "guidance_reference_dim": args.guidance_reference_dim,
-            "classifier_steps": args.classifier_steps,
-            "seeds": args.seeds,
-            "classifier_heldout_accuracy_by_t": per_seed[0]["classifier_heldout_accuracy_by_t"],
-        },
-        "wall_s": round(time.perf_counter() - start, 1),
     }
-    if args.seeds > 1:
-        result["std"] = spread
+    if run_digits:
+        table, spread, ratios = _summary(per_seed, variants)
+        fractions = church_fractions()
+        ratios |= {
+            "trainable_fraction_ant_church_config": fractions["ant"],
+            "trainable_fraction_lora_r4_church_config": fractions["lora"],
+        }
+        ratios = {k: round(x, 4) for k, x in ratios.items()}
+        result |= {
+            "source_pretrain_steps": digits_ddpm((0, 1, 2, 3, 4)).card.get("steps"),
+            "variants": table,
+            "ratios": ratios,
+            "targets_met": _targets_met(ratios),
+            "settings": settings
+            | {"classifier_heldout_accuracy_by_t": per_seed[0]["classifier_heldout_accuracy_by_t"]},
+        }
+        if args.seeds > 1:
+            result["std"] = spread
+    if photo is not None:
+        table, spread, ratios = _summary(photo_seeds, variants)
+        ratios = {k: round(x, 4) for k, x in ratios.items()}
+        card = photo["patch_features"].card
+        result["photo"] = {
+            "task": "photo-patches->grass",
+            "variants": table,
+            "ratios": ratios,
+            "targets_met": _targets_met(ratios),
+            "settings": settings
+            | {
+                "source_pretrain_steps": args.source_steps,
+                "patch_cnn_steps": args.patch_cnn_steps,
+                "patch_cnn_heldout_balanced_accuracy": card["heldout_balanced_accuracy"],
+                "patch_cnn_heldout_grass_accuracy": card["heldout_accuracy_by_class"]["grass"],
+                "classifier_heldout_accuracy_by_t": photo_seeds[0]["classifier_heldout_accuracy_by_t"],
+            },
+        }
+        if args.seeds > 1:
+            result["photo"]["std"] = spread
+    result["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
     return result
 

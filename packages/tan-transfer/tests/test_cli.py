@@ -121,6 +121,8 @@ def test_train_classifier_train_sample_evaluate(folders, tmp_path):
         ),
         (["train", "--model", "{tmp}", "--target", "{target}", "--out", "{tmp}/o"], "not a diffusers folder"),
         (["evaluate", "--run", "{tmp}"], "config.json"),
+        (["pretrain", "--source", "{tmp}/none", "--out", "{tmp}/o"], "not found"),
+        (["pretrain", "--source", "{target}", "--out", "{tmp}/o", "--size", "8"], "fewer than batch_size"),
     ],
 )
 def test_bad_input_one_line_nonzero(args, needle, folders, tmp_path):
@@ -176,3 +178,14 @@ def test_demo_end_to_end(tmp_path):
     metrics = json.loads(out.strip().splitlines()[-1])
     assert {"proxy_fid", "target_class_rate", "intra_dist", "copy_rate"} <= set(metrics)
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_pretrain_writes_a_model_that_train_accepts(folders, tmp_path):
+    out = tmp_path / "pre"
+    args = ["pretrain", "--source", str(folders / "source"), "--out", str(out), "--size", "8", "--steps", "3"]
+    record = json.loads(_ok(runner.invoke(app, [*args, "--batch-size", "4"])).strip().splitlines()[-1])
+    assert record["model"] == str(out / "pipeline") and record["n_images"] == 12
+    from tan_transfer import load_dpm
+
+    bundle = load_dpm(out / "pipeline", device="cpu")
+    assert bundle.image_size == 8 and sum(p.numel() for p in bundle.unet.parameters()) == record["n_params"]

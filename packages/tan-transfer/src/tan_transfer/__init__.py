@@ -1,6 +1,7 @@
 """Few-shot transfer of diffusion models: adapters, similarity-guided training, adversarial noise selection (DPMs-ANT).
 
-Main entry points: `load_dpm` → `digits_task` / `load_image_folder` → `train_tan` → `sample` → `proxy_metrics`.
+Main entry points: `load_dpm` → `digits_task` / `load_image_folder` → `train_tan` → `sample` → `proxy_metrics`;
+the photo-patch task adds `pretrain_source` (its source DDPM) and `patch_cnn` (its proxy network).
 """
 
 from .adapters import (
@@ -28,6 +29,7 @@ from .data import (
     FewShotTask,
     digits_task,
     load_image_folder,
+    photo_image,
     photo_patch_task,
     read_captions,
     save_image_folder,
@@ -46,6 +48,8 @@ from .losses import tan_loss
 from .model import DPMBundle, load_dpm
 from .monitor import MonitorRecord, OverfittingMonitor, monitor_score
 from .noise import adversarial_noise, antithetic_timesteps, guidance_weight, standardize
+from .patch_proxy import PATCH_CLASSES, PatchCNNConfig, PatchFeatures, patch_cnn, patch_split
+from .pretrain import default_unet_config, pretrain_source
 from .sample import default_scheduler, make_pipeline, sample
 from .train import TanTrainResult, build_model, effective_gamma, sample_source_images, train_tan
 
@@ -53,6 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LORA_TARGETS",
+    "PATCH_CLASSES",
     "AdaptedUNet",
     "AntAdapter",
     "AntAdapterSet",
@@ -60,6 +65,8 @@ __all__ = [
     "FewShotTask",
     "MonitorRecord",
     "OverfittingMonitor",
+    "PatchCNNConfig",
+    "PatchFeatures",
     "SmallNoisyClassifier",
     "TANConfig",
     "TanTrainResult",
@@ -76,6 +83,7 @@ __all__ = [
     "copy_mask",
     "copy_rate",
     "default_scheduler",
+    "default_unet_config",
     "digits_task",
     "effective_gamma",
     "evaluate_run",
@@ -90,7 +98,11 @@ __all__ = [
     "lpips_distance",
     "make_pipeline",
     "monitor_score",
+    "patch_cnn",
+    "patch_split",
+    "photo_image",
     "photo_patch_task",
+    "pretrain_source",
     "proxy_metrics",
     "read_captions",
     "sample",

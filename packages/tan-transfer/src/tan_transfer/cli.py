@@ -1,4 +1,5 @@
-"""The ``tan-transfer`` command line: ``train-classifier``, ``train``, ``sample``, ``evaluate``, ``demo``, ``version``.
+"""The ``tan-transfer`` command line: ``pretrain``, ``train-classifier``, ``train``, ``sample``, ``evaluate``, ``demo``,
+``version``.
 
 Models are local diffusers folders, images flat folders. Bad input prints one ``error:`` line and exits 2.
 Multi-GPU: ``accelerate launch -m tan_transfer.cli train ...``.
@@ -65,6 +66,40 @@ def _images(bundle, folder: Path, skip_bad: bool, no_resize: bool):
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@app.command()
+def pretrain(
+    source: Path = typer.Option(..., "--source", help="folder of source-domain images"),
+    out: Path = typer.Option(
+        ..., "--out", help="run folder; the model goes to OUT/pipeline (resumes if stopped)"
+    ),
+    size: int = typer.Option(16, "--size", help="image side in pixels (a multiple of 4)"),
+    channels: int = typer.Option(1, "--channels", help="1 (greyscale) or 3 (RGB)"),
+    steps: int = typer.Option(4000, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Pretrain a small source DDPM (core's digits-DDPM recipe) on a folder of images; prints a JSON line."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from .data import load_image_folder
+    from .pretrain import PIPELINE_DIR, pretrain_source
+
+    diffusers_logging.disable_progress_bar()
+    with _clean_errors():
+        images = load_image_folder(source, size, channels)
+        bundle = pretrain_source(
+            images, out_dir=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device
+        )
+    n_params = sum(p.numel() for p in bundle.unet.parameters())
+    typer.echo(
+        json.dumps(
+            {"model": str(out / PIPELINE_DIR), "steps": steps, "n_images": len(images), "n_params": n_params}
+        )
+    )
 
 
 @app.command("train-classifier")

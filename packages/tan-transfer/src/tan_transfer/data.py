@@ -22,6 +22,7 @@ __all__ = [
     "FewShotTask",
     "digits_task",
     "load_image_folder",
+    "photo_image",
     "photo_patch_task",
     "read_captions",
     "save_image_folder",
@@ -181,6 +182,19 @@ def _photo(name: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
 
 
+def photo_image(name: str, scale: int = 4) -> Tensor:
+    """scikit-image photo ``name`` in greyscale, ``[1, H, W]`` in [0, 1], average-pooled ``scale``× (as the
+    photo-patch task cuts it)."""
+    import torch.nn.functional as F
+
+    if name not in (*PHOTO_SOURCES, PHOTO_TARGET):
+        raise TanTransferError("photo", f"{name!r}: use one of {(*PHOTO_SOURCES, PHOTO_TARGET)}")
+    if scale < 1:
+        raise TanTransferError("scale", f"must be >= 1, got {scale}")
+    img = _photo(name)
+    return F.avg_pool2d(img[None], scale)[0] if scale > 1 else img
+
+
 def _patches(image: Tensor, size: int, stride: int) -> Tensor:
     tiles = image.unfold(1, size, stride).unfold(2, size, stride)  # [1, nh, nw, size, size]
     return tiles.reshape(-1, 1, size, size)
@@ -191,12 +205,9 @@ def photo_patch_task(size: int = 16, shots: int = 10, seed: int = 0, *, scale: i
 
     Source: camera, coins, moon, page, text, horse, clock; target: ``shots`` random patches of ``grass``.
     """
-    import torch.nn.functional as F
 
     def load(name: str) -> Tensor:
-        img = _photo(name)
-        small = F.avg_pool2d(img[None], scale)[0] if scale > 1 else img
-        return _patches(small, size, size // 2)
+        return _patches(photo_image(name, scale), size, size // 2)
 
     source = torch.cat([load(n) for n in PHOTO_SOURCES])
     target = load(PHOTO_TARGET)

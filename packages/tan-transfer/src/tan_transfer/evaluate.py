@@ -74,15 +74,23 @@ def copy_rate(samples: Tensor, shots: Tensor, factor: float = 0.5) -> float:
     return float(copy_mask(samples, shots, factor).float().mean())
 
 
-def proxy_metrics(samples01: Tensor, shots: Tensor, *, target_class: int | None = None) -> dict[str, float]:
+def proxy_metrics(
+    samples01: Tensor, shots: Tensor, *, target_class: int | None = None, patch_features: Any = None
+) -> dict[str, float]:
     """Offline proxies for samples ``[N, C, H, W]`` in [0, 1] against ``shots`` in [−1, 1].
 
     Always: ``intra_dist`` (pixel, CDC) and ``copy_rate``. For 1×16×16 digits with ``target_class``: ``proxy_fid``
     (Fréchet distance in the shipped digits classifier's features to all real digits of that class) and
-    ``target_class_rate`` (share classified as ``target_class``).
+    ``target_class_rate`` (share classified as ``target_class``). For photo patches with ``patch_features`` (a
+    `tan_transfer.PatchFeatures`): ``proxy_fid`` (Fréchet distance in the patch CNN's features to all ``grass``
+    patches) and ``target_class_rate`` (share the patch CNN calls ``grass``).
     """
     from difflab_core.testbed import digits_classifier
 
+    if target_class is not None and patch_features is not None:
+        raise TanTransferError(
+            "proxy_metrics", "give target_class (digits) or patch_features (photos), not both"
+        )
     shots01 = (shots.float().cpu() + 1) / 2
     out = {
         "intra_dist": intra_cluster_distance(samples01, shots01),
@@ -94,6 +102,9 @@ def proxy_metrics(samples01: Tensor, shots: Tensor, *, target_class: int | None 
         proxy = digits_classifier()
         out["proxy_fid"] = proxy.frechet(samples01, classes=(target_class,))
         out["target_class_rate"] = proxy.accuracy(samples01, target_class)
+    if patch_features is not None:
+        out["proxy_fid"] = patch_features.frechet(samples01)
+        out["target_class_rate"] = patch_features.target_class_rate(samples01)
     return out
 
 

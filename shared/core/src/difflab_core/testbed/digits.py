@@ -278,14 +278,24 @@ def _noise_schedule(config: dict) -> dict:
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN on 16×16 digits in [−1, 1]: ``forward(x) -> logits [B, 10]``.
+    """A small CNN on ``size``² greyscale images in [−1, 1] (16×16 digits by default; tan-transfer also uses it
+    on photo patches): ``forward(x) -> logits [B, num_classes]``.
 
-    ``features(x) -> [B, 128]`` is the penultimate layer before its ReLU (no dead units, so its covariance has
-    full rank for the Fréchet distance).
+    ``features(x) -> [B, feature_dim]`` is the penultimate layer before its ReLU (no dead units, so its
+    covariance has full rank for the Fréchet distance).
     """
 
-    def __init__(self, width: int = 32, feature_dim: int = 128, num_classes: int = 10, dropout: float = 0.2):
+    def __init__(
+        self,
+        width: int = 32,
+        feature_dim: int = 128,
+        num_classes: int = 10,
+        dropout: float = 0.2,
+        size: int = SIZE,
+    ):
         super().__init__()
+        if size % 4:
+            raise DifflabError(f"DigitsCNN: size must be a multiple of 4, got {size}")
         w = width
         self.body = nn.Sequential(
             nn.Conv2d(1, w, 3, padding=1),
@@ -297,7 +307,7 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(2 * w * (SIZE // 4) ** 2, feature_dim),
+            nn.Linear(2 * w * (size // 4) ** 2, feature_dim),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
