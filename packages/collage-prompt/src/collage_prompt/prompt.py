@@ -18,6 +18,7 @@ __all__ = [
     "ClassList",
     "ParseResult",
     "PromptTemplate",
+    "answer_slots",
     "build_messages",
     "load_classes",
     "normalize_label",
@@ -117,11 +118,16 @@ class PromptTemplate:
         k = rows * cols
         if k == 1:
             return self.standard.format(categories=cats)
-        if self.json_mode:
-            slots = ", ".join(f'"{i}": "<label>"' for i in range(k))
-        else:
-            slots = ", ".join(f"{i}: '<label>'" for i in range(k))
-        return self.collage.format(R=rows, C=cols, categories=cats, K=k, slots=slots)
+        return self.collage.format(
+            R=rows, C=cols, categories=cats, K=k, slots=answer_slots(k, self.json_mode)
+        )
+
+
+def answer_slots(k: int, json_mode: bool = False) -> str:
+    """The ``k`` answer slots of a collage reply: ``"0": "<label>", …`` (JSON) or ``0: '<label>', …``."""
+    if json_mode:
+        return ", ".join(f'"{i}": "<label>"' for i in range(k))
+    return ", ".join(f"{i}: '<label>'" for i in range(k))
 
 
 _TEMPLATES = {

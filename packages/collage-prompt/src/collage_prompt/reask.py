@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collage_prompt.client import VLMRequest
-from collage_prompt.prompt import ParseResult
+from collage_prompt.prompt import ParseResult, answer_slots
 
 __all__ = ["answer_format", "format_reminder", "reask_request"]
 
@@ -11,10 +11,10 @@ __all__ = ["answer_format", "format_reminder", "reask_request"]
 def answer_format(k: int, template: str = "paper-v1") -> str:
     """The exact answer format of ``template`` for ``k`` cells."""
     if template == "json-v1":
-        return "{" + ", ".join(f'"{i}": "<label>"' for i in range(k)) + "}"
+        return "{" + answer_slots(k, json_mode=True) + "}"
     if k == 1:
         return "Here is the prediction: ['<label>']"
-    return "Here is the prediction: [" + ", ".join(f"{i}: '<label>'" for i in range(k)) + "]"
+    return "Here is the prediction: [" + answer_slots(k) + "]"
 
 
 def format_reminder(k: int, parsed: ParseResult, template: str = "paper-v1") -> str:

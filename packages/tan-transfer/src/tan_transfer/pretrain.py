@@ -28,7 +28,7 @@ from torch.utils.data import TensorDataset
 from difflab_core.errors import DifflabError
 from difflab_core.loading import file_sha256
 from difflab_core.store import write_run_config
-from difflab_core.testbed.digits import DDPM_RECIPE, scheduler_config
+from difflab_core.testbed.digits import DDPM_RECIPE, scheduler_config, unet_config
 from difflab_core.tiny import seeded
 from difflab_core.train import TrainConfig, Trainer, seeded_loader
 
@@ -43,18 +43,7 @@ DONE_FILE = "pretrain.json"
 
 def default_unet_config(size: int, channels: int) -> dict[str, Any]:
     """Core's digits-DDPM `UNet2DModel` config (`DDPM_RECIPE`) for ``channels × size × size`` images."""
-    r = DDPM_RECIPE
-    return {
-        "sample_size": size,
-        "in_channels": channels,
-        "out_channels": channels,
-        "block_out_channels": list(r.block_out_channels),
-        "layers_per_block": r.layers_per_block,
-        "down_block_types": list(r.down_block_types),
-        "up_block_types": list(r.up_block_types),
-        "attention_head_dim": r.attention_head_dim,
-        "norm_num_groups": r.norm_num_groups,
-    }
+    return unet_config(DDPM_RECIPE, size, channels)
 
 
 def denoising_loss(unet: nn.Module, x0: Tensor, alphas_cumprod: Tensor) -> Tensor:

@@ -74,6 +74,7 @@ __all__ = [
     "digits_split",
     "real_digits",
     "train_digits",
+    "unet_config",
     "verify_digits",
 ]
 
@@ -330,23 +331,29 @@ def _build_classifier(recipe: ClassifierRecipe) -> nn.Module:
     raise DifflabError(f"classifier recipe kind={recipe.kind!r}: use 'clean' or 'noisy'")
 
 
+def unet_config(recipe: DigitsRecipe = DDPM_RECIPE, size: int = SIZE, channels: int = 1) -> dict:
+    """The recipe's `UNet2DModel` keyword arguments for ``channels × size × size`` images (16×16×1 digits by
+    default; tan-transfer reuses the architecture for photo patches)."""
+    return {
+        "sample_size": size,
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": list(recipe.block_out_channels),
+        "layers_per_block": recipe.layers_per_block,
+        "down_block_types": list(recipe.down_block_types),
+        "up_block_types": list(recipe.up_block_types),
+        "attention_head_dim": recipe.attention_head_dim,
+        "norm_num_groups": recipe.norm_num_groups,
+        "num_class_embeds": recipe.num_class_embeds,
+    }
+
+
 def build_unet(recipe: DigitsRecipe = DDPM_RECIPE):
     """The recipe's randomly initialised `UNet2DModel` (seeded by ``recipe.model_seed``)."""
     from diffusers import UNet2DModel
 
     with seeded(recipe.model_seed):
-        return UNet2DModel(
-            sample_size=SIZE,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=recipe.block_out_channels,
-            layers_per_block=recipe.layers_per_block,
-            down_block_types=recipe.down_block_types,
-            up_block_types=recipe.up_block_types,
-            attention_head_dim=recipe.attention_head_dim,
-            norm_num_groups=recipe.norm_num_groups,
-            num_class_embeds=recipe.num_class_embeds,
-        )
+        return UNet2DModel(**unet_config(recipe))
 
 
 # ----------------------------------------------------------------------------------------- weights I/O
