@@ -51,33 +51,40 @@ class PixelSimilarity:
         self.k = k
 
     def __call__(self, images: Tensor, neighbours: int = 0) -> Detection:
-        dist, rows = self.index.search(images.detach(), max(self.k, neighbours), "pixel")
+        dist, rows = self._search(images.detach(), max(self.k, neighbours))
         denom = self.alpha * dist[:, : self.k].mean(dim=1).to(images.device)
-        query = self.index.to_query(images).flatten(1)
-        ref = self.index.flat_pixels()[rows[:, 0]].to(images.device)
+        query = self._flat_query(images)
+        ref = self._stored()[rows[:, 0]].to(images.device)
         ell = ((query - ref) ** 2).mean(dim=1).add(1e-12).sqrt()
         r = ell / denom.clamp_min(1e-12)
         return Detection(1 - r / 2, rows[:, 0], rows if neighbours else None)
 
+    def _search(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return self.index.search(x, k, "pixel")
 
-class LatentPixelSimilarity:
+    def _flat_query(self, x: Tensor) -> Tensor:
+        return self.index.to_query(x).flatten(1)
+
+    def _stored(self) -> Tensor:
+        return self.index.flat_pixels()
+
+
+class LatentPixelSimilarity(PixelSimilarity):
     """σ = 1 − r/2 with r computed on latents: x̂₀ [B, C, h, w] (the denoiser's space) against the index's stored
     VAE latents (α = 0.5, k = 50). Takes latents, not images: use it with an identity decoder."""
 
     def __init__(self, index: NeighbourIndex, *, alpha: float = 0.5, k: int = 50) -> None:
         index.flat_latents()  # raises GuidanceKitError when the index has no latents
-        self.index = index
-        self.alpha = alpha
-        self.k = k
+        super().__init__(index, alpha=alpha, k=k)
 
-    def __call__(self, latents: Tensor, neighbours: int = 0) -> Detection:
-        dist, rows = self.index.search_latents(latents.detach(), max(self.k, neighbours))
-        denom = self.alpha * dist[:, : self.k].mean(dim=1).to(latents.device)
-        query = self.index.check_latent_query(latents)
-        ref = self.index.flat_latents()[rows[:, 0]].to(latents.device)
-        ell = ((query - ref) ** 2).mean(dim=1).add(1e-12).sqrt()
-        r = ell / denom.clamp_min(1e-12)
-        return Detection(1 - r / 2, rows[:, 0], rows if neighbours else None)
+    def _search(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return self.index.search_latents(x, k)
+
+    def _flat_query(self, x: Tensor) -> Tensor:
+        return self.index.check_latent_query(x)
+
+    def _stored(self) -> Tensor:
+        return self.index.flat_latents()
 
 
 class SSIMSimilarity:
