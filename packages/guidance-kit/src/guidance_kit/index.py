@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from difflab_core.device import process_state
-from difflab_core.loading import file_sha256
+from difflab_core.loading import file_sha256, read_json
 from difflab_core.metrics import knn
 
 from .errors import GuidanceKitError, core_errors
@@ -353,10 +353,8 @@ class NeighbourIndex:
             raise GuidanceKitError(
                 f"{manifest_path}: index manifest missing; build the index with build-index"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise GuidanceKitError(f"{manifest_path}: not readable JSON ({err})") from err
+        with core_errors():
+            manifest = read_json(manifest_path)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise GuidanceKitError(
                 f"{manifest_path}: unknown format version {manifest.get('format_version')!r} "
@@ -429,10 +427,8 @@ def load_vae(path: str | Path):
     config_file = folder / (subfolder or "") / "config.json"
     if not config_file.is_file():
         raise GuidanceKitError(f"{path}: no VAE here (neither config.json nor vae/config.json)")
-    try:
-        name = json.loads(config_file.read_text()).get("_class_name", "")
-    except json.JSONDecodeError as err:
-        raise GuidanceKitError(f"{config_file}: not readable JSON ({err})") from err
+    with core_errors():
+        name = read_json(config_file).get("_class_name", "")
     model_class = getattr(diffusers, name, None)
     if model_class is None or not hasattr(model_class, "encode") or not hasattr(model_class, "decode"):
         raise GuidanceKitError(f"{config_file}: _class_name {name!r} is not a diffusers autoencoder")

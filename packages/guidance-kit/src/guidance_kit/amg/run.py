@@ -58,7 +58,7 @@ def load_preview_decoder(path: str | Path, *, latent_channels: int | None = None
     detection. ``latent_channels``: the pipeline's, checked against the decoder's."""
     from diffusers import AutoencoderTiny
 
-    from difflab_core.loading import load_model
+    from difflab_core.loading import load_model, read_json
 
     folder = Path(path)
     config_file = folder / "config.json"
@@ -66,10 +66,8 @@ def load_preview_decoder(path: str | Path, *, latent_channels: int | None = None
         raise GuidanceKitError(
             f"preview_decoder: {folder} is not a local AutoencoderTiny folder (config.json + weights)"
         )
-    try:
-        name = json.loads(config_file.read_text()).get("_class_name")
-    except json.JSONDecodeError as err:
-        raise GuidanceKitError(f"preview_decoder: {config_file} is not readable JSON ({err})") from err
+    with core_errors("preview_decoder"):
+        name = read_json(config_file).get("_class_name")
     if name != "AutoencoderTiny":
         raise GuidanceKitError(f"preview_decoder: {config_file} describes {name!r}, not an AutoencoderTiny")
     with core_errors(f"preview_decoder {folder}"):
