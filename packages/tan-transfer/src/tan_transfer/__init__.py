@@ -28,6 +28,7 @@ from .config import LORA_TARGETS, TANConfig
 from .data import (
     FewShotTask,
     digits_task,
+    load_captioned_folder,
     load_image_folder,
     photo_image,
     photo_patch_task,
@@ -92,6 +93,7 @@ __all__ = [
     "guidance_weight",
     "intra_cluster_distance",
     "load_adapters",
+    "load_captioned_folder",
     "load_custom_classifier",
     "load_dpm",
     "load_image_folder",

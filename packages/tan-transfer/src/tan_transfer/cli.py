@@ -200,7 +200,9 @@ def train(
     no_resize: bool = typer.Option(False, "--no-resize"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Adapt the model to the target images (DPMs-ANT); writes the run folder with adapter/."""
+    """Adapt the model to the target images (DPMs-ANT); writes the run folder with adapter/. Text-conditional
+    models train on the target folder's captions.jsonl ({"file", "text"} lines), --prompt for images without one."""
+    from .data import load_captioned_folder
     from .train import train_tan
 
     with _clean_errors():
@@ -224,7 +226,18 @@ def train(
             adversarial_noise=False if no_adversarial else None,
         )
         bundle = _bundle(model, device)
-        tgt = _images(bundle, target, skip_bad, no_resize)
+        texts = None
+        if bundle.conditional:  # per-image captions from the folder's captions.jsonl, else --prompt
+            tgt, texts = load_captioned_folder(
+                target,
+                bundle.image_size,
+                bundle.image_channels,
+                default=cfg.prompt,
+                skip_bad=skip_bad,
+                resize=not no_resize,
+            )
+        else:
+            tgt = _images(bundle, target, skip_bad, no_resize)
         src = _images(bundle, source, skip_bad, no_resize) if source else None
         clf = _load_classifier(classifier_path, bundle, cfg.seed) if classifier_path else None
         result = train_tan(
@@ -234,6 +247,7 @@ def train(
             source=src,
             classifier=clf,
             output_dir=out,
+            captions=texts,
             override_config=override_config,
             progress=progress,
         )

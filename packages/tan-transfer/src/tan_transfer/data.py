@@ -21,6 +21,7 @@ __all__ = [
     "PHOTO_SOURCES",
     "FewShotTask",
     "digits_task",
+    "load_captioned_folder",
     "load_image_folder",
     "photo_image",
     "photo_patch_task",
@@ -43,6 +44,35 @@ def load_image_folder(
     ``skip_bad``; they are then skipped with a warning), or (``resize=False``) an image is not ``size × size``.
     Warns for fewer than 2 images, duplicates (same pixels), and (a note) images that were resized.
     """
+    return _read_image_folder(path, size, channels, skip_bad=skip_bad, resize=resize)[0]
+
+
+def load_captioned_folder(
+    path: str | Path,
+    size: int,
+    channels: int,
+    *,
+    default: str = "",
+    skip_bad: bool = False,
+    resize: bool = True,
+) -> tuple[Tensor, list[str]]:
+    """`load_image_folder` plus one text per image: its line in the folder's ``captions.jsonl`` (`read_captions`),
+    ``default`` for images without one. A caption naming no image of the folder raises (a typo would otherwise
+    leave that image on ``default`` unnoticed); captions of files skipped as unreadable are dropped with them."""
+    images, names, skipped = _read_image_folder(path, size, channels, skip_bad=skip_bad, resize=resize)
+    captions = read_captions(path)
+    unknown = sorted(set(captions) - set(names) - set(skipped))
+    if unknown:
+        raise TanTransferError(
+            Path(path) / "captions.jsonl", f"captions for files that are not images here: {unknown[:10]}"
+        )
+    return images, [captions.get(name, default) for name in names]
+
+
+def _read_image_folder(
+    path: str | Path, size: int, channels: int, *, skip_bad: bool, resize: bool
+) -> tuple[Tensor, list[str], list[str]]:
+    """(images, their file names, unreadable file names skipped) — see `load_image_folder`."""
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(path).expanduser()
@@ -51,7 +81,7 @@ def load_image_folder(
     if channels not in (1, 3):
         raise TanTransferError("channels", f"must be 1 or 3, got {channels}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images, bad, digests, converted = [], [], {}, []
+    images, names, bad, digests, converted = [], [], [], {}, []
     for file in files:
         try:
             with Image.open(file) as im:
@@ -72,26 +102,27 @@ def load_image_folder(
         x = resize_square(x.contiguous(), size)
         digest = hashlib.sha256(np.asarray(im).tobytes()).hexdigest()
         if digest in digests:
-            warnings.warn(f"{folder}: {file.name} duplicates {digests[digest]}", stacklevel=2)
+            warnings.warn(f"{folder}: {file.name} duplicates {digests[digest]}", stacklevel=3)
         digests.setdefault(digest, file.name)
         images.append(x * 2 - 1)
+        names.append(file.name)
     if bad and not skip_bad:
         raise TanTransferError(
             folder, f"unreadable image files {bad[:10]}; fix or remove them, or pass --skip-bad"
         )
     if bad:
-        warnings.warn(f"{folder}: skipped unreadable files {bad[:10]}", stacklevel=2)
+        warnings.warn(f"{folder}: skipped unreadable files {bad[:10]}", stacklevel=3)
     if converted:
         warnings.warn(
             f"{folder}: note: {len(converted)} images resized/cropped to {size}×{size} (e.g. {converted[:3]}); "
             "pass --no-resize to fail instead",
-            stacklevel=2,
+            stacklevel=3,
         )
     if not images:
         raise TanTransferError(folder, f"no readable images (looked for {', '.join(IMAGE_SUFFIXES)})")
     if len(images) < 2:
-        warnings.warn(f"{folder}: only {len(images)} image; few-shot transfer expects about 10", stacklevel=2)
-    return torch.stack(images).float()
+        warnings.warn(f"{folder}: only {len(images)} image; few-shot transfer expects about 10", stacklevel=3)
+    return torch.stack(images).float(), names, bad
 
 
 def read_captions(path: str | Path) -> dict[str, str]:

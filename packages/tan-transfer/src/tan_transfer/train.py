@@ -31,7 +31,7 @@ from difflab_core.train import TrainConfig, Trainer, load_weights, save_weights
 from .adapters import AdaptedUNet, build_adapted_unet, save_adapters, trainable_fraction
 from .classifier import build_classifier, target_logprob_grad, train_domain_classifier
 from .config import TANConfig
-from .data import load_image_folder, save_image_folder
+from .data import load_captioned_folder, load_image_folder, save_image_folder
 from .errors import TanTransferError
 from .losses import tan_loss
 from .monitor import MonitorRecord, OverfittingMonitor
@@ -109,12 +109,12 @@ def _check_images(images: Tensor | str | Path, bundle, name: str) -> Tensor:
     return images.float()
 
 
-def _run_config(cfg: TANConfig, target: Tensor, bundle) -> dict[str, Any]:
+def _run_config(cfg: TANConfig, target: Tensor, bundle, texts: list[str] | None) -> dict[str, Any]:
     import diffusers
 
     from difflab_core.store import fingerprint
 
-    return {
+    config = {
         "tan_config": cfg.to_dict(),
         "seed": cfg.seed,
         "n_shots": len(target),
@@ -126,6 +126,28 @@ def _run_config(cfg: TANConfig, target: Tensor, bundle) -> dict[str, Any]:
             "python": platform.python_version(),
         },
     }
+    if texts is not None and any(text != cfg.prompt for text in texts):
+        config["captions_fingerprint"] = fingerprint(texts)  # only then, so prompt-only runs keep resuming
+    return config
+
+
+def _shot_texts(target, captions, bundle, cfg: TANConfig) -> tuple[Tensor, list[str] | None]:
+    """The target images and one text per image (None for unconditional models): ``captions`` if given, else
+    the folder's ``captions.jsonl`` (``cfg.prompt`` for images without a line), else ``cfg.prompt`` for all."""
+    if captions is not None:
+        if not bundle.conditional:
+            raise TanTransferError("captions", "this model is unconditional; it takes no captions")
+        images = _check_images(target, bundle, "target")
+        texts = [str(text) for text in captions]
+        if len(texts) != len(images):
+            raise TanTransferError("captions", f"{len(texts)} captions for {len(images)} target images")
+        return images, texts
+    if not bundle.conditional:
+        return _check_images(target, bundle, "target"), None
+    if isinstance(target, (str, Path)):
+        return load_captioned_folder(target, bundle.image_size, bundle.image_channels, default=cfg.prompt)
+    images = _check_images(target, bundle, "target")
+    return images, [cfg.prompt] * len(images)
 
 
 def _write_config(output_dir: Path, config: dict[str, Any], override: bool) -> None:
@@ -178,11 +200,16 @@ def train_tan(
     source: Tensor | str | Path | None = None,
     classifier: nn.Module | None = None,
     output_dir: str | Path,
+    captions: list[str] | None = None,
     resume: str = "auto",
     override_config: bool = False,
     progress: bool = False,
 ) -> TanTrainResult:
     """Adapt ``bundle``'s model to ``target`` (K images [K, C, H, W] in [−1, 1], or a folder).
+
+    Text-conditional models are trained on one text per shot: ``captions`` (K strings), or a target folder's
+    ``captions.jsonl``, with ``cfg.prompt`` for shots without one. The domain classifier and its guidance use
+    ``cfg.prompt`` throughout (a per-image caption would tell it the domain).
 
     ``source`` (images or folder) trains the domain classifier; without it ``cfg.source_from_model`` images are
     sampled from the source model. ``classifier`` skips classifier training (any module
@@ -196,9 +223,9 @@ def train_tan(
     if resume not in ("auto", "never"):
         raise TanTransferError("resume", f"{resume!r}: use 'auto' or 'never'")
     lr = cfg.lr if cfg.lr is not None else (1e-5 if bundle.latent_kind is not None else 5e-5)
-    target = _check_images(target, bundle, "target")
+    target, texts = _shot_texts(target, captions, bundle, cfg)
     output_dir = Path(output_dir)
-    _write_config(output_dir, _run_config(cfg, target, bundle), override_config)
+    _write_config(output_dir, _run_config(cfg, target, bundle, texts), override_config)
     if bundle.image_channels in (1, 3) and not (output_dir / "shots").is_dir():
         save_image_folder(target, output_dir / "shots", "shot")
 
@@ -219,15 +246,17 @@ def train_tan(
     ac = bundle.alphas_cumprod.to(device=device, dtype=torch.float32)
     T = bundle.num_train_timesteps
     cond_one = bundle.prompt_embeds([cfg.prompt]).float() if bundle.conditional else None
+    shot_conds = bundle.prompt_embeds(texts).float() if texts is not None else None  # [K, L, D]
     gamma = effective_gamma(cfg, shots[0].numel())
+    index = torch.arange(len(shots))
 
     if cfg.fixed_batch:
         pick = torch.randint(
             0, len(shots), (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed)
         )
-        dataset, sampler = TensorDataset(shots[pick]), None
+        dataset, sampler = TensorDataset(shots[pick], index[pick]), None
     else:
-        dataset = TensorDataset(shots)
+        dataset = TensorDataset(shots, index)
         sampler = weighted_sampler(torch.ones(len(shots)), cfg.batch_size * EPOCH_BATCHES, cfg.seed)
     loader = DataLoader(
         dataset,
@@ -264,7 +293,7 @@ def train_tan(
             flip = torch.rand(b) < 0.5
             x0 = torch.where(flip.to(x0.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
         t = antithetic_timesteps(b, T, device=x0.device)
-        cond = None if cond_one is None else cond_one.expand(b, -1, -1)
+        cond = None if shot_conds is None else shot_conds[batch[1].to(shot_conds.device)]
         if cfg.adversarial_noise:
             eps = adversarial_noise(
                 model,
@@ -283,7 +312,9 @@ def train_tan(
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         grad = weight = None
         if guide is not None:
-            grad = target_logprob_grad(guide, x_t, t, cond)
+            grad = target_logprob_grad(
+                guide, x_t, t, None if cond_one is None else cond_one.expand(b, -1, -1)
+            )
             weight = guidance_weight(t, bundle.alphas_cumprod, cfg.s_schedule).to(x0.device)
         pred = model(x_t, t, cond) if cond is not None else model(x_t, t)
         loss = tan_loss(pred, eps, grad, weight, gamma)
