@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tan_transfer import (
+    TanTransferError,
     adversarial_noise,
     antithetic_timesteps,
     build_adapted_unet,
@@ -74,6 +75,28 @@ def test_adversarial_noise_properties(model, ac):
         model, x0, t, ac, resample_t=True, generator=torch.Generator().manual_seed(1), **kw
     )
     assert not torch.allclose(other, eps)
+
+
+def test_match_initial_norm_keeps_the_draws_moments(model, ac):
+    """``norm="match_initial"``: each ε* has its ε⁰'s per-sample mean and std, and after one step it is the
+    standard ε* mapped affinely onto those moments."""
+    x0, t = _x0(), torch.tensor([10, 300, 600, 990])
+    eps0 = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    m0, s0 = eps0.flatten(1).mean(1), eps0.flatten(1).std(1)
+    kw = dict(omega=0.5, ref_batch=1)
+    matched = adversarial_noise(
+        model, x0, t, ac, steps=3, norm="match_initial", generator=torch.Generator().manual_seed(1), **kw
+    )
+    assert torch.allclose(matched.flatten(1).mean(1), m0, atol=1e-5)
+    assert torch.allclose(matched.flatten(1).std(1), s0, atol=1e-5)
+    assert not torch.allclose(matched, eps0, atol=1e-3)  # the ascent still moved it
+    one = adversarial_noise(
+        model, x0, t, ac, steps=1, norm="match_initial", generator=torch.Generator().manual_seed(1), **kw
+    )
+    std = adversarial_noise(model, x0, t, ac, steps=1, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.allclose(one, std * s0.view(-1, 1, 1, 1) + m0.view(-1, 1, 1, 1), atol=1e-5)
+    with pytest.raises(TanTransferError, match="norm"):
+        adversarial_noise(model, x0, t, ac, steps=1, norm="l2")
 
 
 def test_adversarial_noise_per_sample_matches_eq7_alone(model, ac):

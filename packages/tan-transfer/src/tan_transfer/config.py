@@ -21,6 +21,7 @@ _CHOICES = {
     "adapter": ("ant", "lora", "full"),
     "ant_init": ("zero_out", "official"),
     "s_schedule": ("one_minus_alphabar", "paper"),
+    "ascent_norm": ("standard", "match_initial"),
     "classifier": ("unet_encoder", "small_cnn", "custom"),
     "classifier_pooling": ("attention", "mean"),
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -65,6 +66,11 @@ class TANConfig:
     """The gradient is divided by this; 5 reproduces the official per-GPU mean, 1 the literal Eq. 7 [ours]."""
     resample_t_inner: bool = False
     """Re-draw t at every ascent step, as the official code does (the paper keeps t fixed)."""
+    ascent_norm: str = "standard"
+    """Norm after each ascent step: "standard" = per-sample mean 0, std 1 [paper]; "match_initial" = the
+    per-sample mean and std of the starting draw ε⁰ [ours]. They agree as C·H·W grows; on small images "standard"
+    removes the noise's per-sample mean (std 1/√D: 1/16 on 16×16×1, 1/443 on 3×256×256), which the model then never
+    sees in training but meets when sampling (see the README)."""
     fixed_batch: bool = False
     """Reuse one batch of shots for every iteration, as the official code does."""
     hflip: bool = False

@@ -57,20 +57,27 @@ def adversarial_noise(
     resample_t: bool = False,
     generator: torch.Generator | None = None,
     cond: Tensor | None = None,
+    norm: str = "standard",
 ) -> Tensor:
     """ε* after ``steps`` ascent steps ε ← Norm(ε + ω/ref_batch · ∇_ε ℓ(ε)) from ε⁰ ~ N(0, I) [paper Eq. 7].
 
     ℓ(ε) = ‖ε − ε_θ,ψ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² per sample; the gradient flows through both terms. No radius,
     no sign step; t stays fixed unless ``resample_t`` (the official code re-draws it each step). Uses
     ``torch.autograd.grad`` so no parameter ``.grad`` is touched. ``x0`` [B, C, H, W]; returns fp32 ε* like ``x0``.
-    ``model(x_t, t[, cond])`` returns the ε prediction.
+    ``model(x_t, t[, cond])`` returns the ε prediction. ``norm``: ``"standard"`` (per-sample mean 0, std 1
+    [paper]) or ``"match_initial"`` (per-sample mean and std of ε⁰ [ours], see `TANConfig.ascent_norm`).
     """
     if steps < 0:
         raise TanTransferError("steps", f"must be >= 0, got {steps}")
     if ref_batch < 1:
         raise TanTransferError("ref_batch", f"must be >= 1, got {ref_batch}")
+    if norm not in ("standard", "match_initial"):
+        raise TanTransferError("norm", f"{norm!r}: use 'standard' or 'match_initial'")
     x0 = x0.detach().float()
     eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    flat0 = eps.flatten(1)
+    mean0 = flat0.mean(dim=1).view(-1, *([1] * (eps.ndim - 1)))
+    std0 = flat0.std(dim=1).view_as(mean0)
     T = len(alphas_cumprod)
     for _ in range(steps):
         if resample_t:
@@ -83,6 +90,8 @@ def adversarial_noise(
             loss = (eps - pred).pow(2).flatten(1).sum(dim=1)
             (grad,) = torch.autograd.grad(loss.sum(), eps)
         eps = standardize(eps.detach() + omega / ref_batch * grad)
+        if norm == "match_initial":
+            eps = eps * std0 + mean0
     return eps.detach()
 
 

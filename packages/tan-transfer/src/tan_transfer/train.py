@@ -304,6 +304,7 @@ def train_tan(
                 omega=cfg.omega,
                 ref_batch=cfg.ascent_ref_batch,
                 resample_t=cfg.resample_t_inner,
+                norm=cfg.ascent_norm,
                 cond=cond,
             )
         else:
