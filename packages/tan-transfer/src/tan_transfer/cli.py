@@ -176,6 +176,9 @@ def train(
     lr: float = typer.Option(None, "--lr"),
     gamma: float = typer.Option(None, "--gamma", help="similarity-guidance strength γ"),
     ascent_steps: int = typer.Option(None, "--ascent-steps", help="adversarial-noise steps J"),
+    ascent_norm: str = typer.Option(
+        None, "--ascent-norm", help="standard (paper) or match_initial (keeps ε⁰'s per-sample mean/std)"
+    ),
     no_guidance: bool = typer.Option(False, "--no-guidance", help="ablation: no similarity guidance"),
     no_adversarial: bool = typer.Option(False, "--no-adversarial", help="ablation: plain Gaussian noise"),
     classifier: str = typer.Option(None, "--classifier", help="unet_encoder or small_cnn"),
@@ -215,6 +218,7 @@ def train(
             lr=lr,
             gamma=gamma,
             ascent_steps=ascent_steps,
+            ascent_norm=ascent_norm,
             classifier=classifier,
             classifier_steps=classifier_steps,
             checkpoint_every=checkpoint_every,
