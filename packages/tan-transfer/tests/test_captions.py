@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tan_transfer import TANConfig, TanTransferError, load_captioned_folder, load_dpm, train_tan
+from tan_transfer import TanTransferError, load_captioned_folder, load_dpm, train_tan
 
 
 def _folder(path, n=3, size=32, captions=None):
@@ -43,23 +43,16 @@ def sd_bundle(sd_pipe, tmp_path_factory):
     return load_dpm(path, device="cpu")
 
 
-def _cfg(**kw):
-    base = dict(
-        iterations=2,
-        batch_size=2,
-        micro_batch=1,
-        ascent_steps=1,
-        similarity_guidance=False,
-        checkpoint_every=0,
-        monitor_every=0,
-        prompt="a photo",
-    )
-    return TANConfig(**(base | kw))
+@pytest.fixture
+def cfg(small_cfg):
+    def make(**kw):
+        return small_cfg(**({"similarity_guidance": False, "prompt": "a photo"} | kw))
+
+    return make
 
 
-def _train(bundle, target, out, **kw):
-    captions = kw.pop("captions", None)
-    result = train_tan(bundle, target, _cfg(**kw), output_dir=out, captions=captions, resume="never")
+def _train(bundle, target, out, cfg, captions=None):
+    result = train_tan(bundle, target, cfg, output_dir=out, captions=captions, resume="never")
     return {k: v.clone() for k, v in result.model.state_dict().items()}
 
 
@@ -67,42 +60,43 @@ def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_conditional_training_uses_one_text_per_shot(sd_bundle, tmp_path):
+def test_conditional_training_uses_one_text_per_shot(sd_bundle, cfg, tmp_path):
     images = load_captioned_folder(_folder(tmp_path / "plain"), 32, 3)[0]
-    prompt_only = _train(sd_bundle, images, tmp_path / "r0")
+    prompt_only = _train(sd_bundle, images, tmp_path / "r0", cfg())
     # captions equal to the prompt are the prompt-only run, bit for bit (same data and noise draws)
-    assert _same(prompt_only, _train(sd_bundle, images, tmp_path / "r1", captions=["a photo"] * 3))
-    captioned = _train(sd_bundle, images, tmp_path / "r2", captions=["a dog", "a photo", "a cat"])
+    assert _same(prompt_only, _train(sd_bundle, images, tmp_path / "r1", cfg(), ["a photo"] * 3))
+    captioned = _train(sd_bundle, images, tmp_path / "r2", cfg(), ["a dog", "a photo", "a cat"])
     assert not _same(prompt_only, captioned)
     # a folder's captions.jsonl gives the same run as passing the same texts
     folder = _folder(tmp_path / "cap", captions={"im0.png": "a dog", "im2.png": "a cat"})
-    assert _same(captioned, _train(sd_bundle, folder, tmp_path / "r3"))
+    assert _same(captioned, _train(sd_bundle, folder, tmp_path / "r3", cfg()))
     # the run's config records the captions: other captions in the same folder refuse to resume
     with pytest.raises(TanTransferError, match="config"):
-        train_tan(sd_bundle, images, _cfg(), output_dir=tmp_path / "r2", captions=["a", "b", "c"])
+        train_tan(sd_bundle, images, cfg(), output_dir=tmp_path / "r2", captions=["a", "b", "c"])
 
 
-def test_captions_with_similarity_guidance(sd_bundle, tmp_path):
+def test_captions_with_similarity_guidance(sd_bundle, cfg, tmp_path):
     from difflab_core.tiny import seeded
     from tan_transfer import SmallNoisyClassifier
 
     with seeded(1):
         clf = SmallNoisyClassifier(4, 16, width=8).eval().requires_grad_(False)
     images = load_captioned_folder(_folder(tmp_path / "plain"), 32, 3)[0]
+    guided = cfg(similarity_guidance=True, gamma=1.0)
     result = train_tan(
         sd_bundle,
         images,
-        _cfg(similarity_guidance=True, gamma=1.0),
+        guided,
         classifier=clf,
         output_dir=tmp_path / "sg",
         captions=["a dog", "a photo", "a cat"],
     )
-    assert result.steps == 2 and np.isfinite(result.last_loss)
+    assert result.steps == guided.iterations and np.isfinite(result.last_loss)
 
 
-def test_bad_captions(sd_bundle, bundle8, shots8, tmp_path):
+def test_bad_captions(sd_bundle, bundle8, shots8, cfg, tmp_path):
     images = load_captioned_folder(_folder(tmp_path / "plain"), 32, 3)[0]
     with pytest.raises(TanTransferError, match="2 captions for 3"):
-        train_tan(sd_bundle, images, _cfg(), output_dir=tmp_path / "a", captions=["x", "y"])
+        train_tan(sd_bundle, images, cfg(), output_dir=tmp_path / "a", captions=["x", "y"])
     with pytest.raises(TanTransferError, match="unconditional"):
-        train_tan(bundle8, shots8, _cfg(), output_dir=tmp_path / "b", captions=["x"] * len(shots8))
+        train_tan(bundle8, shots8, cfg(), output_dir=tmp_path / "b", captions=["x"] * len(shots8))

@@ -372,6 +372,7 @@ def demo(
             lr=2e-3,
             gamma=None,
             ascent_steps=ascent_steps,
+            ascent_norm=None,
             no_guidance=False,
             no_adversarial=False,
             classifier=None,
